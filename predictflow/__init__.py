@@ -1,0 +1,1 @@
+"""PredictFlow: churn scoring over REST and Kafka from one scoring core."""

@@ -1,0 +1,168 @@
+"""The one request/response schema shared by REST, Kafka, the client and the tests.
+
+`tests/unit/test_contract.py` pins the JSON schema of every model here: a change
+to it is a change to the public contract and must be made on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Hard upper bound of one batch request; the service may configure a lower one.
+MAX_BATCH_SIZE = 1000
+
+CustomerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Customer identifier, the Feast entity key (e.g. `7590-VHVEG`).",
+        examples=["7590-VHVEG"],
+    ),
+]
+YesNo = Literal["Yes", "No"]
+InternetAddOn = Literal["Yes", "No", "No internet service"]
+
+ErrorCode = Literal[
+    "unknown_customer",
+    "feature_store_unavailable",
+    "batch_too_large",
+    "internal_error",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class CustomerFeatures(_Strict):
+    """The 19 attributes of a customer; each may override the stored value."""
+
+    gender: Literal["Female", "Male"] | None = Field(
+        default=None, description="Customer gender."
+    )
+    senior_citizen: bool | None = Field(
+        default=None, description="Whether the customer is 65 or older."
+    )
+    partner: YesNo | None = Field(default=None, description="Has a partner.")
+    dependents: YesNo | None = Field(default=None, description="Has dependents.")
+    tenure: int | None = Field(
+        default=None, ge=0, le=1200, description="Months the customer has stayed."
+    )
+    phone_service: YesNo | None = Field(default=None, description="Has phone service.")
+    multiple_lines: Literal["Yes", "No", "No phone service"] | None = Field(
+        default=None, description="Has multiple phone lines."
+    )
+    internet_service: Literal["DSL", "Fiber optic", "No"] | None = Field(
+        default=None, description="Internet service provider."
+    )
+    online_security: InternetAddOn | None = Field(
+        default=None, description="Has the online security add-on."
+    )
+    online_backup: InternetAddOn | None = Field(
+        default=None, description="Has the online backup add-on."
+    )
+    device_protection: InternetAddOn | None = Field(
+        default=None, description="Has the device protection add-on."
+    )
+    tech_support: InternetAddOn | None = Field(
+        default=None, description="Has the tech support add-on."
+    )
+    streaming_tv: InternetAddOn | None = Field(default=None, description="Streams TV.")
+    streaming_movies: InternetAddOn | None = Field(
+        default=None, description="Streams movies."
+    )
+    contract: Literal["Month-to-month", "One year", "Two year"] | None = Field(
+        default=None, description="Contract term."
+    )
+    paperless_billing: YesNo | None = Field(
+        default=None, description="Uses paperless billing."
+    )
+    payment_method: (
+        Literal[
+            "Electronic check",
+            "Mailed check",
+            "Bank transfer (automatic)",
+            "Credit card (automatic)",
+        ]
+        | None
+    ) = Field(default=None, description="Payment method.")
+    monthly_charges: float | None = Field(
+        default=None, ge=0, le=100_000, description="Current monthly charge."
+    )
+    total_charges: float | None = Field(
+        default=None, ge=0, le=10_000_000, description="Total amount charged so far."
+    )
+
+
+class ChurnRequest(CustomerFeatures):
+    """Score one customer: stored features, overridden by any field given here."""
+
+    customer_id: CustomerId
+
+    def overrides(self) -> dict[str, object]:
+        """The request-time feature values that were given (not None)."""
+        return self.model_dump(exclude={"customer_id"}, exclude_none=True)
+
+
+class ChurnScore(_Strict):
+    """The churn risk of one customer and the model version that produced it."""
+
+    customer_id: CustomerId
+    churn_probability: float = Field(
+        ge=0.0, le=1.0, description="Probability that the customer churns."
+    )
+    model_version: str = Field(
+        description="Model that scored, e.g. `churn-predictor:3`."
+    )
+
+
+class ErrorReply(_Strict):
+    """Why a request could not be scored."""
+
+    customer_id: str | None = Field(
+        default=None, description="The request's customer id, when it had one."
+    )
+    error: ErrorCode = Field(description="Machine-readable error code.")
+    message: str = Field(description="Human-readable explanation.")
+
+
+class ChurnBatchRequest(_Strict):
+    """Score many customers at once."""
+
+    requests: list[ChurnRequest] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_SIZE,
+        description="The customers to score, answered in the same order.",
+    )
+
+
+class ChurnBatchResponse(_Strict):
+    """One result per request, in request order: a score or the reason for none."""
+
+    results: list[ChurnScore | ErrorReply] = Field(
+        description="A `ChurnScore` or an `ErrorReply` for each request."
+    )
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """The JSON schema of every public model (pinned by the unit tests)."""
+    models: list[type[BaseModel]] = [
+        ChurnRequest,
+        ChurnScore,
+        ErrorReply,
+        ChurnBatchRequest,
+        ChurnBatchResponse,
+    ]
+    return {m.__name__: m.model_json_schema() for m in models}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    json.dump(json_schemas(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

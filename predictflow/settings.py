@@ -1,0 +1,134 @@
+"""Runtime configuration: one `Settings`, read from `PREDICTFLOW_*` variables.
+
+Nested parts use `__`: `PREDICTFLOW_FEAST__ONLINE_STORE=redis`. Nothing reads
+settings at import time; call `get_settings()` (cached; tests call
+`get_settings.cache_clear()` after changing the environment).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class MlflowSettings(BaseModel):
+    """Where models are tracked and registered."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description=(
+            "MLflow tracking URI. Unset: `MLFLOW_TRACKING_URI` if set, else a SQLite "
+            "store `mlflow.db` in the data directory."
+        ),
+    )
+    experiment: str = Field(default="churn", description="MLflow experiment name.")
+    model_name: str = Field(
+        default="churn-predictor", description="Registered model name."
+    )
+    champion_alias: str = Field(
+        default="champion", description="Alias of the version that serves."
+    )
+
+
+class FeastSettings(BaseModel):
+    """Where features are read from."""
+
+    repo_path: Path = Field(
+        default=PROJECT_ROOT / "feature_repo",
+        description="Feast repository (feature definitions).",
+    )
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="Online store: embedded SQLite, or Redis for production.",
+    )
+    redis_connection_string: str = Field(
+        default="127.0.0.1:6379",
+        description="Feast Redis connection string, `host:port[,db=0,password=...]`.",
+    )
+    feature_service: str = Field(
+        default="churn_model_v1", description="Feast FeatureService the model reads."
+    )
+
+
+class ServingSettings(BaseModel):
+    """How the service serves."""
+
+    model_tag: str = Field(
+        default="churn-predictor:latest",
+        description="Bento store tag of the model to serve (pin a version in prod).",
+    )
+    max_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=1000,
+        description="Most customers one `/predict_batch` call may score.",
+    )
+
+
+class Settings(BaseSettings):
+    """All PredictFlow settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PREDICTFLOW_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`production` refuses embedded stores meant for one machine.",
+    )
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Local state: MLflow SQLite store and artifacts, Feast stores.",
+    )
+    log_level: str = Field(default="INFO", description="Python log level.")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            if self.feast.online_store == "sqlite":
+                raise ValueError(
+                    "production needs a shared online store: set "
+                    "PREDICTFLOW_FEAST__ONLINE_STORE=redis"
+                )
+            if self.serving.model_tag.endswith(":latest"):
+                raise ValueError(
+                    "production serves a pinned model: set "
+                    "PREDICTFLOW_SERVING__MODEL_TAG=churn-predictor:<version>"
+                )
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a local MLflow store keeps model artifacts."""
+        return (self.data_dir / "mlartifacts").resolve()
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast's local files: registry, SQLite online store, offline parquet."""
+        return (self.data_dir / "feast").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings in force (cached)."""
+    return Settings()
