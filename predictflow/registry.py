@@ -1,0 +1,217 @@
+"""MLflow tracking and registry, and the import of the champion into the Bento store.
+
+The `champion` alias moves only when a candidate's held-out ROC AUC is at least
+the current champion's. The Bento store holds `churn-predictor:<mlflow version>`
+with the MLflow version, run id and metrics as labels, so every reply can name
+the model that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from predictflow.schema import ENCODED_FEATURES
+from predictflow.settings import Settings
+from predictflow.training import TrainedModel, XGBoostParams
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+#: MLflow run tag holding the fingerprint of the training inputs.
+FINGERPRINT_TAG = "predictflow.fingerprint"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registered version the `champion` alias points at."""
+
+    version: str
+    run_id: str
+    roc_auc: float
+    fingerprint: str | None
+
+
+def training_fingerprint(data_sha256: str, params: XGBoostParams) -> str:
+    """A digest of everything that determines a trained model."""
+    payload = json.dumps(
+        {"data": data_sha256, "params": asdict(params), "features": ENCODED_FEATURES},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def client(settings: Settings) -> MlflowClient:
+    """An MLflow client on the configured tracking store."""
+    import mlflow
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """The experiment id; a local store keeps artifacts under the data directory."""
+    import mlflow
+
+    c = client(settings)
+    found = c.get_experiment_by_name(settings.mlflow.experiment)
+    if found is not None:
+        exp_id = str(found.experiment_id)
+    else:
+        location = None
+        if settings.tracking_uri.startswith("sqlite:"):
+            location = settings.artifact_root.as_uri()
+        exp_id = c.create_experiment(
+            settings.mlflow.experiment, artifact_location=location
+        )
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def get_champion(settings: Settings) -> Champion | None:
+    """The current champion, or None when no version holds the alias."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    try:
+        model = c.get_registered_model(settings.mlflow.model_name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = model.aliases.get(settings.mlflow.champion_alias)
+    if version is None:
+        return None
+    mv = c.get_model_version(settings.mlflow.model_name, str(version))
+    if mv.run_id is None:
+        raise LookupError(f"{settings.mlflow.model_name}/{version} has no run")
+    run = c.get_run(mv.run_id)
+    return Champion(
+        version=str(mv.version),
+        run_id=str(mv.run_id),
+        roc_auc=float(run.data.metrics["test_roc_auc"]),
+        fingerprint=run.data.tags.get(FINGERPRINT_TAG),
+    )
+
+
+def log_baseline(settings: Settings, trained: TrainedModel) -> str:
+    """Log the baseline run (not registered); returns the run id."""
+    import mlflow
+    import mlflow.sklearn
+
+    ensure_experiment(settings)
+    with mlflow.start_run(run_name="baseline-logreg") as run:
+        mlflow.set_tag("model_kind", trained.kind)
+        mlflow.log_params(trained.params)
+        mlflow.log_metrics({f"test_{k}": v for k, v in trained.metrics.items()})
+        mlflow.sklearn.log_model(trained.model, name="model")
+        return str(run.info.run_id)
+
+
+def log_and_register(
+    settings: Settings, trained: TrainedModel, fingerprint: str, data_sha256: str
+) -> tuple[str, str]:
+    """Log the XGBoost run and register its model; returns (version, run id)."""
+    import mlflow
+    import mlflow.xgboost
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    ensure_experiment(settings)
+    example = pd.DataFrame(
+        np.zeros((1, len(ENCODED_FEATURES)), dtype=np.float32),
+        columns=list(ENCODED_FEATURES),
+    )
+    signature = infer_signature(example, np.zeros(1, dtype=np.float32))
+    with mlflow.start_run(run_name="xgboost") as run:
+        mlflow.set_tags(
+            {
+                "model_kind": trained.kind,
+                FINGERPRINT_TAG: fingerprint,
+                "data_sha256": data_sha256,
+            }
+        )
+        mlflow.log_params(trained.params)
+        mlflow.log_metrics({f"test_{k}": v for k, v in trained.metrics.items()})
+        info = mlflow.xgboost.log_model(
+            trained.model, name="model", signature=signature, model_format="ubj"
+        )
+        mv = mlflow.register_model(info.model_uri, settings.mlflow.model_name)
+        return str(mv.version), str(run.info.run_id)
+
+
+def promote_if_better(
+    settings: Settings, version: str, roc_auc: float
+) -> tuple[bool, Champion | None]:
+    """Move the champion alias to `version` if its ROC AUC is at least the champion's.
+
+    Returns whether it moved, and the champion it was compared against.
+    """
+    current = get_champion(settings)
+    if current is not None and roc_auc < current.roc_auc:
+        log.info(
+            "event=champion_kept champion=%s champion_auc=%.4f "
+            "candidate=%s candidate_auc=%.4f",
+            current.version,
+            current.roc_auc,
+            version,
+            roc_auc,
+        )
+        return False, current
+    client(settings).set_registered_model_alias(
+        settings.mlflow.model_name, settings.mlflow.champion_alias, version
+    )
+    log.info("event=champion_moved version=%s roc_auc=%.4f", version, roc_auc)
+    return True, current
+
+
+def bento_tag(settings: Settings, version: str) -> str:
+    """Bento store tag of a registered MLflow version."""
+    return f"{settings.mlflow.model_name}:{version}"
+
+
+def import_champion(settings: Settings) -> str:
+    """Import the champion into the Bento store (once); returns its Bento tag."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    champion = get_champion(settings)
+    if champion is None:
+        raise LookupError(
+            f"no {settings.mlflow.model_name}@{settings.mlflow.champion_alias} "
+            "to import: train first"
+        )
+    tag = bento_tag(settings, champion.version)
+    try:
+        bentoml.models.get(tag)
+        log.info("event=bento_import_skipped tag=%s reason=already_imported", tag)
+        return tag
+    except NotFound:
+        pass
+    run = client(settings).get_run(champion.run_id)
+    metrics: dict[str, Any] = dict(run.data.metrics)
+    bentoml.mlflow.import_model(
+        tag,
+        model_uri=f"models:/{settings.mlflow.model_name}/{champion.version}",
+        labels={
+            "mlflow_model": settings.mlflow.model_name,
+            "mlflow_version": champion.version,
+            "mlflow_run_id": champion.run_id,
+            "roc_auc": f"{champion.roc_auc:.4f}",
+        },
+        metadata={
+            "metrics": metrics,
+            "encoded_features": list(ENCODED_FEATURES),
+            "tracking_uri": settings.tracking_uri,
+        },
+    )
+    log.info("event=bento_imported tag=%s", tag)
+    return tag
