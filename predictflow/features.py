@@ -1,0 +1,142 @@
+"""Online features from the Feast online store (SQLite embedded, Redis in production).
+
+`import feast` takes seconds, so it happens only when a store is opened.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from predictflow.errors import FeatureStoreUnavailable
+from predictflow.schema import FEATURES
+from predictflow.settings import FeastSettings
+
+log = logging.getLogger(__name__)
+
+ENTITY_KEY = "customer_id"
+SOURCE_PARQUET = Path("data") / "customers.parquet"
+
+
+def yaml_for(settings: FeastSettings) -> Path:
+    """The `feature_store*.yaml` of the configured online store."""
+    name = {
+        "sqlite": "feature_store.yaml",
+        "redis": "feature_store.redis.yaml",
+    }[settings.online_store]
+    return (settings.repo_path / name).resolve()
+
+
+def open_store(settings: FeastSettings) -> Any:
+    """A Feast `FeatureStore` on the configured repository and online store."""
+    import os
+
+    from feast import FeatureStore
+
+    if settings.online_store == "redis":
+        # feature_store.redis.yaml reads it through Feast's ${VAR} expansion.
+        os.environ["PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"] = (
+            settings.redis_connection_string
+        )
+    return FeatureStore(
+        repo_path=str(settings.repo_path.resolve()), fs_yaml_file=yaml_for(settings)
+    )
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import redis
+
+        errors.append(redis.RedisError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return tuple(errors)
+
+
+class OnlineFeatures:
+    """Reads customers' stored features through a Feast feature service."""
+
+    def __init__(self, store: Any, feature_service: str) -> None:
+        self.store = store
+        self.service = store.get_feature_service(feature_service)
+        self._errors = _unavailable_errors()
+
+    @classmethod
+    def open(cls, settings: FeastSettings) -> OnlineFeatures:
+        """Open the configured store (connections are made on first read)."""
+        return cls(open_store(settings), settings.feature_service)
+
+    def check(self) -> None:
+        """Read one key; raises `FeatureStoreUnavailable` if the store cannot answer."""
+        self.get(["__readiness_probe__"])
+
+    def get(self, customer_ids: Sequence[str]) -> list[Mapping[str, object] | None]:
+        """Stored features of each customer, or None for an unknown one."""
+        try:
+            columns = self.store.get_online_features(
+                features=self.service,
+                entity_rows=[{ENTITY_KEY: cid} for cid in customer_ids],
+            ).to_dict()
+        except self._errors as exc:
+            raise FeatureStoreUnavailable(
+                f"online feature store unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+        rows: list[Mapping[str, object] | None] = []
+        for i in range(len(customer_ids)):
+            row = {name: columns[name][i] for name in FEATURES}
+            rows.append(None if all(v is None for v in row.values()) else row)
+        return rows
+
+
+def load_definitions(repo_path: Path) -> list[Any]:
+    """The Feast objects defined in the repository's `feature_definitions.py`."""
+    from feast import Entity, FeatureService, FeatureView, FileSource
+
+    path = repo_path / "feature_definitions.py"
+    spec = importlib.util.spec_from_file_location(
+        "predictflow_feature_definitions", path
+    )
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = (Entity, FileSource, FeatureView, FeatureService)
+    return [v for v in vars(module).values() if isinstance(v, kinds)]
+
+
+def write_source(customers: pd.DataFrame, repo_path: Path) -> Path:
+    """Write the offline source parquet: the features of each customer, stamped now."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame = customers[[ENTITY_KEY, *FEATURES]].copy()
+    frame["event_timestamp"] = now
+    frame["created"] = now
+    path = repo_path / SOURCE_PARQUET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def apply_and_materialize(settings: FeastSettings) -> int:
+    """`feast apply` the definitions, then load every source row into the online store.
+
+    Returns the number of customers in the source. Safe to repeat: apply is a
+    no-op when nothing changed, and materializing writes the same rows again.
+    """
+    store = open_store(settings)
+    store.apply(load_definitions(settings.repo_path))
+    source = pd.read_parquet(
+        settings.repo_path / SOURCE_PARQUET, columns=["event_timestamp"]
+    )
+    start = source["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
+    store.materialize(start_date=start, end_date=datetime.now(UTC))
+    return len(source)

@@ -1,0 +1,56 @@
+"""The Prometheus metrics of both front doors, defined once.
+
+Created on first use, not at import: inside `bentoml serve`, prometheus_client
+must see `PROMETHEUS_MULTIPROC_DIR` (set by BentoML for its workers) before a
+metric exists, so that every worker's samples reach the one `/metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every PredictFlow metric."""
+
+    predictions: Counter
+    feature_fetch_seconds: Histogram
+    scores: Histogram
+    model_info: Gauge
+
+
+@lru_cache(maxsize=1)
+def get() -> Metrics:
+    """The metrics, created once per process."""
+    return Metrics(
+        predictions=Counter(
+            "predictflow_predictions",
+            "Scoring outcomes per request, by front door (rest, kafka).",
+            ["source", "outcome"],
+        ),
+        feature_fetch_seconds=Histogram(
+            "predictflow_feature_fetch_seconds",
+            "Seconds per batched online feature read.",
+            buckets=_LATENCY_BUCKETS,
+        ),
+        scores=Histogram(
+            "predictflow_churn_probability",
+            "Distribution of the churn probabilities served.",
+            buckets=_SCORE_BUCKETS,
+        ),
+        model_info=Gauge(
+            "predictflow_model_info",
+            "1 for the model version each process serves.",
+            ["model_version"],
+            multiprocess_mode="max",
+        ),
+    )

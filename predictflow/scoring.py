@@ -1,0 +1,107 @@
+"""The scoring core: the only place where requests become churn scores.
+
+Both front doors (REST and the Kafka runner) call `Scorer.score` with a batch:
+one feature read for the whole batch, request-time fields over stored ones,
+one model call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from predictflow import metrics
+from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.errors import FeatureStoreUnavailable, UnknownCustomer
+from predictflow.model import ChurnModel
+from predictflow.schema import FEATURES, encode_rows
+
+Result = ChurnScore | ErrorReply
+
+
+class FeatureSource(Protocol):
+    """Stored features of customers, read in one call for many."""
+
+    def get(self, customer_ids: Sequence[str]) -> list[Mapping[str, object] | None]:
+        """One entry per id, in order: its features, or None when unknown.
+
+        Raises `FeatureStoreUnavailable` when the store cannot be read.
+        """
+        ...
+
+
+class Scorer:
+    """Scores batches of `ChurnRequest`s."""
+
+    def __init__(self, features: FeatureSource, model: ChurnModel) -> None:
+        self.features = features
+        self.model = model
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model that scores."""
+        return self.model.version
+
+    def score(self, requests: Sequence[ChurnRequest], source: str) -> list[Result]:
+        """Score a batch; one result per request, in order.
+
+        A request whose customer is unknown (and whose overrides do not give
+        every feature) gets an `ErrorReply`; the rest of the batch is scored.
+        `source` labels the metrics (`rest`, `kafka`). Raises
+        `FeatureStoreUnavailable` when features are needed and cannot be read.
+        """
+        overrides = [r.overrides() for r in requests]
+        wanted = sorted(
+            {
+                r.customer_id
+                for r, o in zip(requests, overrides, strict=True)
+                if len(o) < len(FEATURES)
+            }
+        )
+        m = metrics.get()
+        stored: dict[str, Mapping[str, object] | None] = {}
+        if wanted:
+            start = time.perf_counter()
+            try:
+                rows = self.features.get(wanted)
+            except FeatureStoreUnavailable:
+                m.predictions.labels(source, "feature_store_unavailable").inc(
+                    len(requests)
+                )
+                raise
+            finally:
+                m.feature_fetch_seconds.observe(time.perf_counter() - start)
+            stored = dict(zip(wanted, rows, strict=True))
+
+        results: list[Result | None] = [None] * len(requests)
+        to_score: list[int] = []
+        merged: list[Mapping[str, object]] = []
+        for i, (request, override) in enumerate(zip(requests, overrides, strict=True)):
+            base = stored.get(request.customer_id)
+            if base is None and len(override) < len(FEATURES):
+                results[i] = UnknownCustomer(
+                    f"customer {request.customer_id!r} has no stored features; "
+                    f"to score a new customer give all {len(FEATURES)} features "
+                    f"({len(FEATURES) - len(override)} missing)",
+                    customer_id=request.customer_id,
+                ).to_reply()
+                continue
+            to_score.append(i)
+            merged.append({**(base or {}), **override})
+
+        if to_score:
+            probabilities = self.model.predict(encode_rows(merged))
+            for i, p in zip(to_score, probabilities.tolist(), strict=True):
+                results[i] = ChurnScore(
+                    customer_id=requests[i].customer_id,
+                    churn_probability=p,
+                    model_version=self.model.version,
+                )
+                m.scores.observe(p)
+            m.predictions.labels(source, "scored").inc(len(to_score))
+        if len(to_score) < len(requests):
+            m.predictions.labels(source, "unknown_customer").inc(
+                len(requests) - len(to_score)
+            )
+        return [r for r in results if r is not None]
