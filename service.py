@@ -1,0 +1,99 @@
+"""The PredictFlow churn-scoring service (BentoML).
+
+Thin on purpose: requests are validated by the contract, scored by
+`predictflow.scoring.Scorer`, and errors mapped to HTTP in `_error_response`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from predictflow import metrics
+from predictflow.contract import (
+    ChurnBatchRequest,
+    ChurnBatchResponse,
+    ChurnRequest,
+    ChurnScore,
+    ErrorReply,
+)
+from predictflow.errors import BatchTooLarge, PredictFlowError, http_status
+from predictflow.features import OnlineFeatures
+from predictflow.model import ChurnModel
+from predictflow.scoring import Scorer
+from predictflow.settings import get_settings
+
+log = logging.getLogger("predictflow.service")
+
+
+def _error_response(reply: ErrorReply) -> JSONResponse:
+    return JSONResponse(reply.model_dump(), status_code=http_status(reply.error))
+
+
+@bentoml.service(
+    name="churn-predictor",
+    traffic={"timeout": 10},
+    logging={"access": {"enabled": False}},
+)
+class ChurnPredictor:
+    """Scores customer churn risk from Feast features and the MLflow champion."""
+
+    # Declared at class scope so that `bentoml build` packs the model. The tag
+    # is the one setting read at import: BentoML resolves models before the
+    # workers start, so it cannot wait for __init__.
+    model_ref = bentoml.models.BentoModel(get_settings().serving.model_tag)
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self.settings = settings
+        model = ChurnModel.from_mlflow_dir(
+            Path(self.model_ref.path_of("mlflow_model")), str(self.model_ref.tag)
+        )
+        self.features = OnlineFeatures.open(settings.feast)
+        self.scorer = Scorer(self.features, model)
+        self._ready = False
+        metrics.get().model_info.labels(model.version).set(1)
+        log.info(
+            "event=service_loaded model_version=%s online_store=%s",
+            model.version,
+            settings.feast.online_store,
+        )
+
+    def __is_ready__(self) -> bool:
+        """Ready once the model is loaded and the feature store has answered."""
+        if not self._ready:
+            try:
+                self.features.check()
+            except PredictFlowError as exc:
+                log.warning("event=not_ready reason=%r", exc.message)
+                return False
+            self._ready = True
+        return True
+
+    @bentoml.api
+    async def predict(self, request: ChurnRequest, /) -> ChurnScore:
+        """Churn probability of one customer."""
+        try:
+            (result,) = self.scorer.score([request], source="rest")
+        except PredictFlowError as exc:
+            return _error_response(exc.to_reply())  # type: ignore[return-value]
+        if isinstance(result, ErrorReply):
+            return _error_response(result)  # type: ignore[return-value]
+        return result
+
+    @bentoml.api
+    async def predict_batch(self, batch: ChurnBatchRequest, /) -> ChurnBatchResponse:
+        """Churn probabilities of many customers, in request order."""
+        limit = self.settings.serving.max_batch_size
+        try:
+            if len(batch.requests) > limit:
+                raise BatchTooLarge(
+                    f"{len(batch.requests)} requests in one batch; the limit is {limit}"
+                )
+            results = self.scorer.score(batch.requests, source="rest")
+        except PredictFlowError as exc:
+            return _error_response(exc.to_reply())  # type: ignore[return-value]
+        return ChurnBatchResponse(results=results)
