@@ -1,0 +1,192 @@
+"""Helpers to run real services (bootstrap, `bentoml serve`, redis-server) in tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last!r})")
+
+
+@dataclass
+class Workspace:
+    """An isolated PredictFlow installation: data dir, Bento store, Feast repo."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: Path) -> Workspace:
+        repo = root / "feature_repo"
+        repo.mkdir(parents=True)
+        for name in (
+            "feature_definitions.py",
+            "feature_store.yaml",
+            "feature_store.redis.yaml",
+        ):
+            shutil.copy(ROOT / "feature_repo" / name, repo / name)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREDICTFLOW_", "BENTOML_", "MLFLOW_"))
+        }
+        env.update(
+            PREDICTFLOW_DATA_DIR=str(root / "var"),
+            PREDICTFLOW_FEAST__REPO_PATH=str(repo),
+            BENTOML_HOME=str(root / "bentoml"),
+            BENTOML_DO_NOT_TRACK="true",
+            PYTHONUNBUFFERED="1",
+        )
+        return cls(root, env)
+
+    def run(
+        self,
+        *args: str,
+        extra_env: Mapping[str, str] | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "predictflow"), *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+
+
+class BentoServer:
+    """A real `bentoml serve` process of service.py on a free loopback port."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        name: str,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Each server gets its own BENTOML_HOME (BentoML wipes the metrics
+        # directory under it at start), sharing the workspace's model store.
+        home = workspace.root / f"home-{name}"
+        home.mkdir(exist_ok=True)
+        models = home / "models"
+        if not models.exists():
+            models.symlink_to(Path(workspace.env["BENTOML_HOME"]) / "models")
+        self.env = {**workspace.env, **(extra_env or {}), "BENTOML_HOME": str(home)}
+        self.log_path = workspace.root / f"serve-{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "bentoml"),
+                "serve",
+                "service:ChurnPredictor",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, path: str = "/readyz", timeout: float = 120) -> BentoServer:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {self.logs()[-3000:]}")
+            return httpx.get(self.url + path, timeout=5).status_code == 200
+
+        try:
+            wait_for(up, timeout, f"bentoml serve on {self.url}{path}")
+        except (TimeoutError, RuntimeError):
+            self.stop()
+            raise
+        return self
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+class RedisServer:
+    """A real redis-server (Debian package) on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        wait_for(client.ping, 30, f"redis-server on port {self.port}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

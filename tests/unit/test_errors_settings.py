@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import pytest
+from pydantic import ValidationError
+
+from predictflow.errors import (
+    BatchTooLarge,
+    FeatureStoreUnavailable,
+    UnknownCustomer,
+    http_status,
+)
+from predictflow.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (UnknownCustomer("x", customer_id="c"), HTTPStatus.NOT_FOUND),
+        (FeatureStoreUnavailable("x"), HTTPStatus.SERVICE_UNAVAILABLE),
+        (BatchTooLarge("x"), HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    ],
+)
+def test_errors_map_to_http_status_through_their_reply(
+    error: UnknownCustomer, status: HTTPStatus
+) -> None:
+    reply = error.to_reply()
+    assert http_status(reply.error) == status
+    assert reply.message == "x"
+
+
+def test_unknown_code_is_a_server_error() -> None:
+    assert http_status("internal_error") == HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def test_nested_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREDICTFLOW_FEAST__ONLINE_STORE", "redis")
+    monkeypatch.setenv("PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING", "10.0.0.1:6380")
+    monkeypatch.setenv("PREDICTFLOW_SERVING__MAX_BATCH_SIZE", "8")
+    s = Settings()
+    assert s.feast.online_store == "redis"
+    assert s.feast.redis_connection_string == "10.0.0.1:6380"
+    assert s.serving.max_batch_size == 8
+
+
+def test_tracking_uri_defaults_to_sqlite_in_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PREDICTFLOW_DATA_DIR", str(tmp_path))
+    assert Settings().tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert Settings().tracking_uri == "http://mlflow:5000"
+
+
+def test_production_refuses_embedded_store_and_floating_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREDICTFLOW_ENVIRONMENT", "production")
+    with pytest.raises(ValidationError, match="ONLINE_STORE=redis"):
+        Settings()
+    monkeypatch.setenv("PREDICTFLOW_FEAST__ONLINE_STORE", "redis")
+    with pytest.raises(ValidationError, match="MODEL_TAG"):
+        Settings()
+    monkeypatch.setenv("PREDICTFLOW_SERVING__MODEL_TAG", "churn-predictor:3")
+    assert Settings().serving.model_tag == "churn-predictor:3"
