@@ -1,0 +1,47 @@
+# PredictFlow: `make serve` runs the service on the embedded defaults,
+# `make test` runs every test suite. Both set up what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 3000
+BIN := $(VENV)/bin
+
+.PHONY: install bootstrap serve test test-unit test-integration lint typecheck \
+        test-services clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+## Train, register, materialize features and import the model (quick when done).
+bootstrap: install
+	$(BIN)/predictflow bootstrap
+
+## Serve POST /predict on http://$(HOST):$(PORT) (SQLite features, local MLflow).
+serve: bootstrap
+	$(BIN)/bentoml serve service:ChurnPredictor --host $(HOST) --port $(PORT)
+
+## redis-server for the integration tests (installed with apt-get if missing).
+test-services:
+	@scripts/ensure-test-services.sh
+
+## Every suite: unit, model, integration (real bentoml serve, Redis).
+test: install test-services
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit tests/model
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+clean:
+	rm -rf var feature_repo/data .pytest_cache .mypy_cache .ruff_cache
