@@ -6,12 +6,15 @@ Thin on purpose: requests are validated by the contract, scored by
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from pathlib import Path
 
 import bentoml
 from starlette.responses import JSONResponse
 
+from consumers.runner import KafkaRunner
 from predictflow import metrics
 from predictflow.contract import (
     ChurnBatchRequest,
@@ -55,12 +58,35 @@ class ChurnPredictor:
         self.features = OnlineFeatures.open(settings.feast)
         self.scorer = Scorer(self.features, model)
         self._ready = False
+        self.kafka: KafkaRunner | None = None
+        self._kafka_task: asyncio.Task[None] | None = None
         metrics.get().model_info.labels(model.version).set(1)
         log.info(
             "event=service_loaded model_version=%s online_store=%s",
             model.version,
             settings.feast.online_store,
         )
+
+    @bentoml.on_startup
+    async def start_kafka_runner(self) -> None:
+        """Start this worker's Kafka consumer when a broker is configured."""
+        kafka = self.settings.kafka
+        if not kafka.bootstrap_servers:
+            return
+        from bentoml import server_context
+
+        instance = kafka.instance_id or socket.gethostname()
+        self.kafka = KafkaRunner(
+            self.scorer, kafka, instance=f"{instance}-w{server_context.worker_index}"
+        )
+        self._kafka_task = asyncio.create_task(self.kafka.serve())
+
+    @bentoml.on_shutdown
+    async def stop_kafka_runner(self) -> None:
+        """Finish the poll in hand, commit, leave the group."""
+        if self.kafka is not None and self._kafka_task is not None:
+            await self.kafka.stop()
+            await self._kafka_task
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded and the feature store has answered."""

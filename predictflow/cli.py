@@ -22,6 +22,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="retrain and rewrite the feature source even if nothing changed",
     )
+    pub = sub.add_parser(
+        "publish", help="send churn requests to Kafka and print the replies"
+    )
+    what = pub.add_mutually_exclusive_group(required=True)
+    what.add_argument("--customer-id", help="score this customer")
+    what.add_argument(
+        "--file", help="a JSON-lines file of ChurnRequest objects ('-': stdin)"
+    )
+    pub.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the reply of --customer-id (--file always waits)",
+    )
+    pub.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for replies"
+    )
+    pub.add_argument(
+        "--bootstrap-servers",
+        help="Kafka brokers (default: PREDICTFLOW_KAFKA__BOOTSTRAP_SERVERS, "
+        "else 127.0.0.1:9092)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     log.configure(settings.log_level)
@@ -35,6 +56,29 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.customers} customers in the {settings.feast.online_store} "
             "online store\n"
         )
+    elif args.command == "publish":
+        import asyncio
+
+        from predictflow import publish
+
+        brokers = (
+            args.bootstrap_servers
+            or settings.kafka.bootstrap_servers
+            or "127.0.0.1:9092"
+        )
+        if args.customer_id:
+            return asyncio.run(
+                publish.one(
+                    brokers, settings, args.customer_id, args.wait, args.timeout
+                )
+            )
+        if args.file == "-":
+            requests, bad = publish.read_requests(sys.stdin)
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                requests, bad = publish.read_requests(f)
+        code = asyncio.run(publish.many(brokers, settings, requests, args.timeout))
+        return code or (1 if bad else 0)
     return 0
 
 

@@ -26,6 +26,13 @@ class Metrics:
     feature_fetch_seconds: Histogram
     scores: Histogram
     model_info: Gauge
+    kafka_consumed: Counter
+    kafka_replied: Counter
+    kafka_dead_lettered: Counter
+    kafka_errors: Counter
+    kafka_batch_size: Histogram
+    kafka_processing_seconds: Histogram
+    kafka_lag: Gauge
 
 
 @lru_cache(maxsize=1)
@@ -52,5 +59,39 @@ def get() -> Metrics:
             "1 for the model version each process serves.",
             ["model_version"],
             multiprocess_mode="max",
+        ),
+        kafka_consumed=Counter(
+            "predictflow_kafka_consumed", "Request records consumed."
+        ),
+        kafka_replied=Counter(
+            "predictflow_kafka_replied",
+            "Replies acknowledged by the broker, by kind (score, error).",
+            ["kind"],
+        ),
+        kafka_dead_lettered=Counter(
+            "predictflow_kafka_dead_lettered",
+            "Poison records sent to the dead-letter topic, by error type.",
+            ["error_type"],
+        ),
+        kafka_errors=Counter(
+            "predictflow_kafka_errors",
+            "Failures the runner recovered from, by stage.",
+            ["stage"],
+        ),
+        kafka_batch_size=Histogram(
+            "predictflow_kafka_batch_size",
+            "Records per poll.",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+        ),
+        kafka_processing_seconds=Histogram(
+            "predictflow_kafka_processing_seconds",
+            "Seconds from a poll to its replies acknowledged and offsets committed.",
+            buckets=_LATENCY_BUCKETS,
+        ),
+        kafka_lag=Gauge(
+            "predictflow_kafka_consumer_lag",
+            "Records behind the high watermark, per owned partition.",
+            ["topic", "partition"],
+            multiprocess_mode="livemax",
         ),
     )

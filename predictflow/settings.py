@@ -72,6 +72,82 @@ class ServingSettings(BaseModel):
     )
 
 
+class KafkaSettings(BaseModel):
+    """The Kafka request/reply front door (off unless bootstrap_servers is set)."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated brokers; unset turns the Kafka runner off.",
+    )
+    request_topic: str = Field(
+        default="churn-requests", description="Topic the runner consumes."
+    )
+    reply_topic: str = Field(
+        default="churn-responses",
+        description="Reply topic when a request names none in its reply_to header.",
+    )
+    dlq_topic: str = Field(
+        default="churn-requests.dlq",
+        description="Dead-letter topic for poison records.",
+    )
+    group_id: str = Field(
+        default="predictflow-churn", description="Consumer group of every runner."
+    )
+    request_partitions: int = Field(
+        default=6, ge=1, description="Partitions of the request topic when created."
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of topics the runner creates."
+    )
+    create_topics: bool = Field(
+        default=True, description="Create missing topics at start-up."
+    )
+    max_batch: int = Field(
+        default=500, ge=1, le=10_000, description="Most records scored per poll."
+    )
+    poll_timeout_ms: int = Field(
+        default=200, ge=1, description="Longest wait for records in one poll."
+    )
+    max_in_flight_batches: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Scored batches whose replies may await broker acks at once; past "
+            "this the runner pauses its partitions (bounded memory)."
+        ),
+    )
+    exactly_once: bool = Field(
+        default=False,
+        description=(
+            "Reply and commit in one Kafka transaction; readers use read_committed."
+        ),
+    )
+    transactional_id: str = Field(
+        default="predictflow-churn",
+        description="Prefix of each runner's transactional id (exactly-once mode).",
+    )
+    score_retries: int = Field(
+        default=3,
+        ge=0,
+        description=(
+            "Retries of a batch whose features could not be read, before its "
+            "requests get a feature_store_unavailable ErrorReply."
+        ),
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description=(
+            "Stable name of this runner (client id, transactional id). Unset: the "
+            "host name, plus the worker index inside the service."
+        ),
+    )
+    metrics_port: int = Field(
+        default=9108,
+        ge=0,
+        description="Prometheus port of the standalone runner (0: no endpoint).",
+    )
+
+
 class Settings(BaseSettings):
     """All PredictFlow settings."""
 
@@ -91,6 +167,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

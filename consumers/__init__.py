@@ -1,0 +1,1 @@
+"""The Kafka request/reply front door: a thin adapter around the scoring core."""

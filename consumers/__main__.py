@@ -1,0 +1,56 @@
+"""`python -m consumers`: the Kafka runner alone, for a Deployment scaled on lag.
+
+Loads the same model (Bento store) and feature store as the service, serves
+Prometheus metrics on `kafka.metrics_port`, and stops cleanly on SIGTERM or
+SIGINT: stop polling, finish the poll in hand, commit, leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from consumers.runner import KafkaRunner
+from predictflow import log as pf_log
+from predictflow import metrics
+from predictflow.features import OnlineFeatures
+from predictflow.model import ChurnModel
+from predictflow.scoring import Scorer
+from predictflow.settings import Settings, get_settings
+
+log = logging.getLogger("predictflow.kafka")
+
+
+def build_scorer(settings: Settings) -> Scorer:
+    """The scorer the service would build: model from the Bento store, Feast."""
+    import bentoml
+
+    model_ref = bentoml.models.get(settings.serving.model_tag)
+    model = ChurnModel.from_mlflow_dir(
+        Path(model_ref.path_of("mlflow_model")), str(model_ref.tag)
+    )
+    metrics.get().model_info.labels(model.version).set(1)
+    return Scorer(OnlineFeatures.open(settings.feast), model)
+
+
+async def main() -> None:
+    """Run one standalone runner until a signal stops it."""
+    settings = get_settings()
+    pf_log.configure(settings.log_level)
+    from prometheus_client import start_http_server
+
+    start_http_server(settings.kafka.metrics_port, addr="0.0.0.0")  # noqa: S104
+    instance = os.environ.get("PREDICTFLOW_KAFKA_INSTANCE", socket.gethostname())
+    runner = KafkaRunner(build_scorer(settings), settings.kafka, instance=instance)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.request_stop)
+    await runner.serve()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,360 @@
+"""The Kafka request/reply runner: consume, score a whole poll at once, reply, commit.
+
+At-least-once (default): the replies of a poll are produced by an idempotent
+producer, and the poll's offsets are committed only once the broker has
+acknowledged every one of them. Up to `max_in_flight_batches` polls may await
+their acks while the next is scored; past that the runner pauses its
+partitions instead of buffering more. Any produce or commit failure rewinds
+to the last committed offsets, so nothing is lost (a reply may repeat; replies
+are idempotent by correlation id).
+
+Exactly-once (`exactly_once=True`): each poll's replies and offsets go in one
+transaction (`send_offsets_to_transaction`); `read_committed` readers see each
+reply once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers import handler
+from predictflow import metrics
+from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.errors import FeatureStoreUnavailable
+from predictflow.scoring import Scorer
+from predictflow.settings import KafkaSettings
+from predictflow.topics import ensure_topics
+
+log = logging.getLogger("predictflow.kafka")
+
+Result = ChurnScore | ErrorReply
+
+
+@dataclass
+class _InFlight:
+    """A poll whose replies were handed to the producer, awaiting acks."""
+
+    offsets: dict[Any, int]
+    acks: list[asyncio.Future[Any]]
+    records: int
+    started: float
+    outgoing: list[handler.Outgoing] = field(default_factory=list)
+
+
+def _silence(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class KafkaRunner:
+    """One consumer in the group, scoring with the shared `Scorer`."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        settings: KafkaSettings,
+        *,
+        instance: str = "0",
+    ) -> None:
+        if not settings.bootstrap_servers:
+            raise ValueError("the Kafka runner needs kafka.bootstrap_servers")
+        self.scorer = scorer
+        self.settings = settings
+        self.bootstrap = settings.bootstrap_servers
+        self.instance = instance
+        self._stop = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._pending: deque[_InFlight] = deque()
+        self._positions: dict[Any, int] = {}
+        # Scoring is CPU and blocking I/O: off the event loop the REST API
+        # shares, one thread so one poll is scored at a time.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-score")
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create topics if asked, then connect the consumer and producer."""
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        s = self.settings
+        if s.create_topics:
+            await ensure_topics(s, self.bootstrap)
+        runner = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                await runner._drain("rebalance")
+                for tp in revoked:
+                    runner._positions.pop(tp, None)
+                    metrics.get().kafka_lag.remove(tp.topic, str(tp.partition))
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                log.info(
+                    "event=partitions_assigned instance=%s partitions=%s",
+                    runner.instance,
+                    sorted(tp.partition for tp in assigned),
+                )
+
+        producer_args: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": f"predictflow-{self.instance}",
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 2,
+        }
+        if s.exactly_once:
+            producer_args["transactional_id"] = f"{s.transactional_id}-{self.instance}"
+        self._producer = AIOKafkaProducer(**producer_args)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=s.group_id,
+            client_id=f"predictflow-{self.instance}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=s.max_batch,
+        )
+        self._consumer.subscribe([s.request_topic], listener=_Listener())
+        await self._producer.start()
+        await self._consumer.start()
+        log.info(
+            "event=kafka_runner_started instance=%s topic=%s group=%s mode=%s",
+            self.instance,
+            s.request_topic,
+            s.group_id,
+            "exactly_once" if s.exactly_once else "at_least_once",
+        )
+
+    def request_stop(self) -> None:
+        """Stop polling; the poll in hand is finished and committed."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Request a stop, wait for the loop to finish, then disconnect."""
+        self.request_stop()
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        """Poll, score, reply and commit until asked to stop."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the loop must survive
+                    await self._recover("loop", exc)
+            await self._drain("shutdown")
+        finally:
+            await self._close()
+            self._stopped.set()
+
+    async def serve(self) -> None:
+        """start() (retried until the broker answers, or a stop), then run()."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                await self.start()
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until stopped
+                metrics.get().kafka_errors.labels("start").inc()
+                log.warning(
+                    "event=kafka_start_failed error=%s: %s; retrying in %.0fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await self._close_clients()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 30.0)
+        else:
+            self._executor.shutdown(wait=False)
+            self._stopped.set()
+            return
+        await self.run()
+
+    # one step --------------------------------------------------------------
+
+    async def _step(self) -> None:
+        s = self.settings
+        batch = await self._consumer.getmany(
+            timeout_ms=s.poll_timeout_ms, max_records=s.max_batch
+        )
+        if not batch:
+            await self._drain("idle")
+            return
+        started = time.perf_counter()
+        records = [r for recs in batch.values() for r in recs]
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        m = metrics.get()
+        m.kafka_consumed.inc(len(records))
+        m.kafka_batch_size.observe(len(records))
+
+        outgoing = await self._process(records)
+        if s.exactly_once:
+            await self._send_transaction(outgoing, offsets, len(records), started)
+        else:
+            acks = [await self._send(o) for o in outgoing]
+            self._pending.append(
+                _InFlight(offsets, acks, len(records), started, outgoing)
+            )
+            if len(self._pending) >= s.max_in_flight_batches:
+                await self._wait_oldest()
+        self._positions.update(offsets)
+        self._update_lag()
+
+    async def _process(
+        self, records: Sequence[handler.Record]
+    ) -> list[handler.Outgoing]:
+        s = self.settings
+        parsed = handler.parse(records, s.reply_topic, s.dlq_topic)
+        results = await self._score([a.request for a in parsed.accepted])
+        return parsed.dead_letters + handler.replies(
+            parsed.accepted, results, self.scorer.model_version
+        )
+
+    async def _score(self, requests: list[ChurnRequest]) -> list[Result]:
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        for attempt in range(self.settings.score_retries + 1):
+            try:
+                return await loop.run_in_executor(
+                    self._executor, self.scorer.score, requests, "kafka"
+                )
+            except FeatureStoreUnavailable as exc:
+                metrics.get().kafka_errors.labels("feature_store").inc()
+                if attempt == self.settings.score_retries:
+                    log.error(
+                        "event=score_failed requests=%d error=%r: replying with errors",
+                        len(requests),
+                        exc.message,
+                    )
+                    return [
+                        FeatureStoreUnavailable(
+                            exc.message, customer_id=r.customer_id
+                        ).to_reply()
+                        for r in requests
+                    ]
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, o: handler.Outgoing) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = await self._producer.send(
+            o.topic, o.value, key=o.key, headers=o.headers
+        )
+        return fut
+
+    async def _send_transaction(
+        self,
+        outgoing: list[handler.Outgoing],
+        offsets: dict[Any, int],
+        records: int,
+        started: float,
+    ) -> None:
+        async with self._producer.transaction():
+            acks = [await self._send(o) for o in outgoing]
+            await asyncio.gather(*acks)
+            await self._producer.send_offsets_to_transaction(
+                offsets, self.settings.group_id
+            )
+        self._record_done(outgoing, started)
+
+    async def _wait_oldest(self) -> None:
+        """Bound in-flight work: pause fetching while the oldest poll completes."""
+        assigned = list(self._consumer.assignment())
+        self._consumer.pause(*assigned)
+        try:
+            async with self._lock:
+                if self._pending:
+                    await self._complete(self._pending.popleft())
+        finally:
+            self._consumer.resume(
+                *[tp for tp in assigned if tp in self._consumer.assignment()]
+            )
+
+    async def _drain(self, why: str) -> None:
+        """Complete every poll in flight (acks, then commit)."""
+        async with self._lock:
+            while self._pending:
+                await self._complete(self._pending.popleft())
+
+    async def _complete(self, item: _InFlight) -> None:
+        await asyncio.gather(*item.acks)
+        await self._consumer.commit(item.offsets)
+        self._record_done(item.outgoing, item.started)
+
+    def _record_done(self, outgoing: list[handler.Outgoing], started: float) -> None:
+        m = metrics.get()
+        for o in outgoing:
+            if o.kind == "dead_letter":
+                m.kafka_dead_lettered.labels(o.reason or "unknown").inc()
+            else:
+                m.kafka_replied.labels(o.kind).inc()
+        m.kafka_processing_seconds.observe(time.perf_counter() - started)
+
+    def _update_lag(self) -> None:
+        lag = metrics.get().kafka_lag
+        for tp, position in self._positions.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                lag.labels(tp.topic, str(tp.partition)).set(
+                    max(highwater - position, 0)
+                )
+
+    async def _recover(self, stage: str, exc: BaseException) -> None:
+        """Forget polls in flight and rewind to the committed offsets."""
+        metrics.get().kafka_errors.labels(stage).inc()
+        log.warning(
+            "event=kafka_error stage=%s error=%s: %s; rewinding to committed offsets",
+            stage,
+            type(exc).__name__,
+            exc,
+        )
+        for item in self._pending:
+            for ack in item.acks:
+                # Consumed so a later failure is not reported as unretrieved.
+                ack.add_done_callback(_silence)
+        self._pending.clear()
+        self._positions.clear()
+        await asyncio.sleep(0.5)
+        try:
+            for tp in self._consumer.assignment():
+                committed = await self._consumer.committed(tp)
+                if committed is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
+        except Exception as seek_exc:  # noqa: BLE001 - retried on the next error
+            log.warning("event=rewind_failed error=%r", seek_exc)
+            await asyncio.sleep(1.0)
+
+    async def _close_clients(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception as exc:  # noqa: BLE001 - closing anyway
+                    log.warning("event=kafka_close_failed error=%r", exc)
+        self._consumer = self._producer = None
+
+    async def _close(self) -> None:
+        await self._close_clients()
+        self._executor.shutdown(wait=False)
+        log.info("event=kafka_runner_stopped instance=%s", self.instance)
