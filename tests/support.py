@@ -190,3 +190,74 @@ class RedisServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+class KafkaBroker:
+    """A real Apache Kafka broker (KRaft) run by scripts/kafka.sh on free ports."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_DATA_DIR": str(data_dir),
+        }
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _script(self, command: str, timeout: float) -> None:
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "kafka.sh"), command],
+            env=self.env,
+            check=True,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def up(self) -> KafkaBroker:
+        self._script("up", timeout=900)
+        return self
+
+    def down(self) -> None:
+        self._script("down", timeout=120)
+
+
+class ConsumerProcess:
+    """A standalone Kafka runner: `python -m consumers`."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers"],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_assigned(self, timeout: float = 120) -> ConsumerProcess:
+        """Wait until the runner has joined the group and owns partitions."""
+
+        def assigned() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"consumer exited: {self.logs()[-3000:]}")
+            return "event=partitions_assigned" in self.logs()
+
+        wait_for(assigned, timeout, "standalone consumer")
+        return self
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code

@@ -1,5 +1,10 @@
 """Real services for the integration suite.
 
+Kafka comes from `PREDICTFLOW_TEST_KAFKA` (bootstrap address, set by .ci/run
+after `scripts/kafka.sh up`), testcontainers when a Docker engine answers, or
+scripts/kafka.sh started here on free ports. Tests that stop the broker always
+get a broker of their own from scripts/kafka.sh.
+
 Redis comes from, in order: `PREDICTFLOW_TEST_REDIS` (host:port, set by
 .ci/run after starting redis-server natively), testcontainers when a Docker
 engine answers, or a redis-server binary on PATH. None of these: the suite
@@ -16,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BentoServer, RedisServer, Workspace
+from tests.support import BentoServer, KafkaBroker, RedisServer, Workspace
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -94,3 +99,33 @@ def server(
     srv = BentoServer(ws, request.param).wait()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real Apache Kafka broker."""
+    if address := os.environ.get("PREDICTFLOW_TEST_KAFKA"):
+        yield address
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+    else:
+        broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).up()
+        yield broker.bootstrap
+        broker.down()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures tests measured (throughput etc.); never asserted on."""
+    figures = [
+        value
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == "figure"
+    ]
+    if figures:
+        terminalreporter.section("measured figures")
+        for figure in figures:
+            terminalreporter.write_line(str(figure))
