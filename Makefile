@@ -6,8 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 BIN := $(VENV)/bin
 
-.PHONY: install bootstrap serve test test-unit test-integration lint typecheck \
-        test-services clean
+.PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
+        typecheck test-services clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,22 @@ bootstrap: install
 serve: bootstrap
 	$(BIN)/bentoml serve service:ChurnPredictor --host $(HOST) --port $(PORT)
 
+## A real Apache Kafka broker (KRaft) on 127.0.0.1:9092; jars from Maven Central.
+kafka-up:
+	scripts/kafka.sh up
+
+kafka-down:
+	scripts/kafka.sh down
+
+## The Kafka runner alone (needs PREDICTFLOW_KAFKA__BOOTSTRAP_SERVERS).
+consumer: bootstrap
+	$(BIN)/python -m consumers
+
 ## redis-server for the integration tests (installed with apt-get if missing).
 test-services:
 	@scripts/ensure-test-services.sh
 
-## Every suite: unit, model, integration (real bentoml serve, Redis).
+## Every suite: unit, model, integration (real bentoml serve, Redis, Kafka).
 test: install test-services
 	$(BIN)/pytest
 

@@ -19,8 +19,10 @@ def configure(level: str = "INFO") -> None:
         handler._predictflow = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
-    # Feast logs every registry cache refresh at INFO.
-    logging.getLogger("feast").setLevel(max(root.level, logging.WARNING))
+    # Feast logs every registry cache refresh at INFO, aiokafka every
+    # subscription change.
+    for chatty in ("feast", "aiokafka"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
 
 
 class step:  # noqa: N801 - used as a context manager, reads as a verb

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Makes sure the programs the integration tests start are installed.
 # Tests start their own instances on free loopback ports (or use the ones
-# named in PREDICTFLOW_TEST_REDIS, as .ci/run does).
+# named in PREDICTFLOW_TEST_REDIS / PREDICTFLOW_TEST_KAFKA, as .ci/run does).
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Kafka's broker runs on Java; Maven resolves its jars (scripts/kafka.sh).
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -21,6 +24,7 @@ elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   echo "the integration tests need: ${missing[*]} (install them, or set" \
-       "PREDICTFLOW_TEST_REDIS=host:port to use a running Redis)" >&2
+       "PREDICTFLOW_TEST_REDIS=host:port and PREDICTFLOW_TEST_KAFKA=host:port" \
+       "to use running services)" >&2
   exit 1
 fi

@@ -380,7 +380,7 @@ def test_the_runner_recovers_from_a_broker_restart(
         sent = asyncio.run(publish(broker.bootstrap, topics.request, _ids(1_000), sent))
         replies = asyncio.run(
             read_all(
-                broker.bootstrap, topics.reply, until=set(sent.records), timeout=240
+                broker.bootstrap, topics.reply, until=set(sent.records), wait_s=240
             )
         )
         missing = set(sent.records) - set(replies)
