@@ -84,9 +84,8 @@ class ChurnPredictor:
     @bentoml.on_shutdown
     async def stop_kafka_runner(self) -> None:
         """Finish the poll in hand, commit, leave the group."""
-        if self.kafka is not None and self._kafka_task is not None:
+        if self.kafka is not None:
             await self.kafka.stop()
-            await self._kafka_task
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded and the feature store has answered."""

@@ -47,9 +47,14 @@ async def main() -> None:
     instance = os.environ.get("PREDICTFLOW_KAFKA_INSTANCE", socket.gethostname())
     runner = KafkaRunner(build_scorer(settings), settings.kafka, instance=instance)
     loop = asyncio.get_running_loop()
+    serving = asyncio.create_task(runner.serve())
+
+    def on_signal() -> None:
+        loop.create_task(runner.stop())
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.request_stop)
-    await runner.serve()
+        loop.add_signal_handler(sig, on_signal)
+    await serving
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ reply once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,9 @@ from predictflow.settings import KafkaSettings
 from predictflow.topics import ensure_topics
 
 log = logging.getLogger("predictflow.kafka")
+
+#: Longest wait at shutdown for replies in flight to be acknowledged.
+SHUTDOWN_DRAIN_SECONDS = 15.0
 
 Result = ChurnScore | ErrorReply
 
@@ -79,6 +84,7 @@ class KafkaRunner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-score")
         self._consumer: Any = None
         self._producer: Any = None
+        self._task: asyncio.Task[Any] | None = None
 
     # lifecycle -----------------------------------------------------------
 
@@ -140,10 +146,21 @@ class KafkaRunner:
         """Stop polling; the poll in hand is finished and committed."""
         self._stop.set()
 
-    async def stop(self) -> None:
-        """Request a stop, wait for the loop to finish, then disconnect."""
+    async def stop(self, grace: float = 30.0) -> None:
+        """Request a stop and wait for the loop to finish and disconnect.
+
+        A loop still busy after `grace` seconds (a broker that does not
+        answer) is cancelled: its uncommitted polls are redelivered.
+        """
         self.request_stop()
-        await self._stopped.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopped.wait()), grace)
+        except TimeoutError:
+            log.warning("event=kafka_stop_timeout grace=%.0f: cancelling", grace)
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._stopped.wait()), 5)
 
     async def run(self) -> None:
         """Poll, score, reply and commit until asked to stop."""
@@ -155,37 +172,49 @@ class KafkaRunner:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the loop must survive
                     await self._recover("loop", exc)
-            await self._drain("shutdown")
+            try:
+                await asyncio.wait_for(self._drain("shutdown"), SHUTDOWN_DRAIN_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - uncommitted work is redelivered
+                log.warning(
+                    "event=shutdown_drain_failed error=%r: polls in flight stay "
+                    "uncommitted and will be redelivered",
+                    exc,
+                )
         finally:
             await self._close()
             self._stopped.set()
 
     async def serve(self) -> None:
-        """start() (retried until the broker answers, or a stop), then run()."""
+        """start() (retried until the broker answers), then run(); stoppable."""
+        self._task = asyncio.current_task()
         delay = 1.0
         while not self._stop.is_set():
-            try:
-                await self.start()
+            starting = asyncio.create_task(self.start())
+            stopping = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():
+                # Asked to stop while the broker does not answer.
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
                 break
-            except Exception as exc:  # noqa: BLE001 - retried until stopped
-                metrics.get().kafka_errors.labels("start").inc()
-                log.warning(
-                    "event=kafka_start_failed error=%s: %s; retrying in %.0fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await self._close_clients()
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, 30.0)
-        else:
-            self._executor.shutdown(wait=False)
-            self._stopped.set()
-            return
-        await self.run()
+            if (exc := starting.exception()) is None:
+                await self.run()
+                return
+            metrics.get().kafka_errors.labels("start").inc()
+            log.warning(
+                "event=kafka_start_failed error=%s: %s; retrying in %.0fs",
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            await self._close_clients()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+        await self._close()
+        self._stopped.set()
 
     # one step --------------------------------------------------------------
 
@@ -335,12 +364,13 @@ class KafkaRunner:
         self._positions.clear()
         await asyncio.sleep(0.5)
         try:
-            for tp in self._consumer.assignment():
-                committed = await self._consumer.committed(tp)
-                if committed is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, committed)
+            async with asyncio.timeout(15):
+                for tp in self._consumer.assignment():
+                    committed = await self._consumer.committed(tp)
+                    if committed is None:
+                        await self._consumer.seek_to_beginning(tp)
+                    else:
+                        self._consumer.seek(tp, committed)
         except Exception as seek_exc:  # noqa: BLE001 - retried on the next error
             log.warning("event=rewind_failed error=%r", seek_exc)
             await asyncio.sleep(1.0)
@@ -349,7 +379,8 @@ class KafkaRunner:
         for client in (self._consumer, self._producer):
             if client is not None:
                 try:
-                    await client.stop()
+                    # A broker that does not answer must not hold up a shutdown.
+                    await asyncio.wait_for(client.stop(), 5)
                 except Exception as exc:  # noqa: BLE001 - closing anyway
                     log.warning("event=kafka_close_failed error=%r", exc)
         self._consumer = self._producer = None

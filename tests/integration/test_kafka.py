@@ -7,7 +7,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -232,13 +232,36 @@ class Consumers:
         self.env = {**workspace.env, **topics.env(bootstrap), **extra}
         self.dir = workspace.root / "consumers" / topics.group
         self.dir.mkdir(parents=True)
-        self.started = 0
+        self.processes: list[ConsumerProcess] = []
 
     def start(self, instance: str = "a") -> ConsumerProcess:
-        self.started += 1
         env = {**self.env, "PREDICTFLOW_KAFKA__INSTANCE_ID": instance}
-        log = self.dir / f"{instance}-{self.started}.log"
-        return ConsumerProcess(env, log).wait_assigned()
+        log = self.dir / f"{instance}-{len(self.processes)}.log"
+        process = ConsumerProcess(env, log)
+        self.processes.append(process)
+        return process.wait_assigned()
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.proc.poll() is None:
+                process.kill()
+
+
+SpawnConsumers = Callable[..., Consumers]
+
+
+@pytest.fixture
+def consumers(workspace: Workspace) -> Iterator[SpawnConsumers]:
+    """Makes `Consumers` for a test; whatever still runs is killed at teardown."""
+    made: list[Consumers] = []
+
+    def spawn(bootstrap: str, topics: Topics, **extra: str) -> Consumers:
+        made.append(Consumers(workspace, bootstrap, topics, **extra))
+        return made[-1]
+
+    yield spawn
+    for group in made:
+        group.kill_all()
 
 
 async def _reply_count(bootstrap: str, topic: str) -> int:
@@ -267,6 +290,7 @@ def _wait_replies(
 
 @pytest.mark.parametrize("mode", ["at_least_once", "exactly_once"])
 def test_sigkill_twice_mid_stream_loses_nothing(
+    consumers: SpawnConsumers,
     workspace: Workspace,
     kafka_bootstrap: str,
     mode: str,
@@ -274,14 +298,14 @@ def test_sigkill_twice_mid_stream_loses_nothing(
 ) -> None:
     topics = Topics.fresh(f"kill-{mode}", kafka_bootstrap)
     extra = {"PREDICTFLOW_KAFKA__EXACTLY_ONCE": str(mode == "exactly_once").lower()}
-    consumers = Consumers(workspace, kafka_bootstrap, topics, **extra)
-    first = consumers.start()
+    group = consumers(kafka_bootstrap, topics, **extra)
+    first = group.start()
     sent = asyncio.run(publish(kafka_bootstrap, topics.request, _ids(10_000)))
     started = time.monotonic()
     for threshold in (2_000, 5_000):
         _wait_replies(kafka_bootstrap, topics.reply, threshold)
         first.kill()
-        first = consumers.start()
+        first = group.start()
     replies = asyncio.run(
         read_all(
             kafka_bootstrap,
@@ -311,11 +335,11 @@ def test_sigkill_twice_mid_stream_loses_nothing(
 
 
 def test_consumers_joining_and_leaving_lose_nothing(
-    workspace: Workspace, kafka_bootstrap: str
+    consumers: SpawnConsumers, workspace: Workspace, kafka_bootstrap: str
 ) -> None:
     topics = Topics.fresh("rebalance", kafka_bootstrap)
-    consumers = Consumers(workspace, kafka_bootstrap, topics)
-    a = consumers.start("a")
+    group = consumers(kafka_bootstrap, topics)
+    a = group.start("a")
 
     async def stream() -> object:
         return await publish(kafka_bootstrap, topics.request, _ids(6_000), rate=600)
@@ -323,7 +347,7 @@ def test_consumers_joining_and_leaving_lose_nothing(
     async def scenario() -> object:
         task = asyncio.create_task(stream())
         await asyncio.sleep(2)
-        b = await asyncio.to_thread(consumers.start, "b")  # 1 -> 2
+        b = await asyncio.to_thread(group.start, "b")  # 1 -> 2
         await asyncio.sleep(3)
         assert await asyncio.to_thread(b.terminate) == 0  # 2 -> 1
         return await task
@@ -338,10 +362,10 @@ def test_consumers_joining_and_leaving_lose_nothing(
 
 
 def test_sigterm_exits_promptly_with_every_reply_committed(
-    workspace: Workspace, kafka_bootstrap: str
+    consumers: SpawnConsumers, workspace: Workspace, kafka_bootstrap: str
 ) -> None:
     topics = Topics.fresh("sigterm", kafka_bootstrap)
-    consumer = Consumers(workspace, kafka_bootstrap, topics).start()
+    consumer = consumers(kafka_bootstrap, topics).start()
     sent = asyncio.run(publish(kafka_bootstrap, topics.request, _ids(5_000)))
     _wait_replies(kafka_bootstrap, topics.reply, 500)
     asked = time.monotonic()
@@ -365,26 +389,45 @@ def test_sigterm_exits_promptly_with_every_reply_committed(
     assert replied <= covered
 
 
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A broker these tests may stop and start."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-own")).up()
+    yield broker
+    broker.down()
+
+
 def test_the_runner_recovers_from_a_broker_restart(
-    workspace: Workspace, tmp_path_factory: pytest.TempPathFactory
+    consumers: SpawnConsumers, own_broker: KafkaBroker
 ) -> None:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-restart")).up()
+    bootstrap = own_broker.bootstrap
+    topics = Topics.fresh("restart", bootstrap)
+    consumer = consumers(bootstrap, topics).start()
+    sent = asyncio.run(publish(bootstrap, topics.request, _ids(4_000)))
+    _wait_replies(bootstrap, topics.reply, 500)
+    own_broker.down()
+    time.sleep(3)
+    own_broker.up()
+    sent = asyncio.run(publish(bootstrap, topics.request, _ids(1_000), sent))
+    replies = asyncio.run(
+        read_all(bootstrap, topics.reply, until=set(sent.records), wait_s=240)
+    )
+    missing = set(sent.records) - set(replies)
+    assert not missing, f"{len(missing)} requests lost across the broker restart"
+    assert consumer.terminate() == 0
+
+
+def test_sigterm_stops_the_runner_while_the_broker_is_down(
+    consumers: SpawnConsumers, own_broker: KafkaBroker
+) -> None:
+    bootstrap = own_broker.bootstrap
+    topics = Topics.fresh("down", bootstrap)
+    consumer = consumers(bootstrap, topics).start()
+    own_broker.down()
     try:
-        topics = Topics.fresh("restart", broker.bootstrap)
-        consumer = Consumers(workspace, broker.bootstrap, topics).start()
-        sent = asyncio.run(publish(broker.bootstrap, topics.request, _ids(4_000)))
-        _wait_replies(broker.bootstrap, topics.reply, 500)
-        broker.down()
-        time.sleep(3)
-        broker.up()
-        sent = asyncio.run(publish(broker.bootstrap, topics.request, _ids(1_000), sent))
-        replies = asyncio.run(
-            read_all(
-                broker.bootstrap, topics.reply, until=set(sent.records), wait_s=240
-            )
-        )
-        missing = set(sent.records) - set(replies)
-        assert not missing, f"{len(missing)} requests lost across the broker restart"
-        assert consumer.terminate() == 0
+        time.sleep(2)
+        asked = time.monotonic()
+        consumer.terminate(timeout=90)
+        assert time.monotonic() - asked < 60, "SIGTERM did not stop the runner"
     finally:
-        broker.down()
+        own_broker.up()
