@@ -87,13 +87,14 @@ class Workspace:
 
 
 class BentoServer:
-    """A real `bentoml serve` process of service.py on a free loopback port."""
+    """A real `bentoml serve` (of service.py, or a built Bento) on a free port."""
 
     def __init__(
         self,
         workspace: Workspace,
         name: str,
         extra_env: Mapping[str, str] | None = None,
+        target: str = "service:ChurnPredictor",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -101,9 +102,11 @@ class BentoServer:
         # directory under it at start), sharing the workspace's model store.
         home = workspace.root / f"home-{name}"
         home.mkdir(exist_ok=True)
-        models = home / "models"
-        if not models.exists():
-            models.symlink_to(Path(workspace.env["BENTOML_HOME"]) / "models")
+        for store in ("models", "bentos"):
+            link = home / store
+            if not link.exists():
+                (Path(workspace.env["BENTOML_HOME"]) / store).mkdir(exist_ok=True)
+                link.symlink_to(Path(workspace.env["BENTOML_HOME"]) / store)
         self.env = {**workspace.env, **(extra_env or {}), "BENTOML_HOME": str(home)}
         self.log_path = workspace.root / f"serve-{name}.log"
         self._log = self.log_path.open("w")
@@ -111,7 +114,7 @@ class BentoServer:
             [
                 str(BIN / "bentoml"),
                 "serve",
-                "service:ChurnPredictor",
+                target,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -261,3 +264,53 @@ class ConsumerProcess:
         code = self.proc.wait(timeout=timeout)
         self._log.close()
         return code
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian package) scraping the given targets every second."""
+
+    def __init__(self, workdir: Path, targets: Mapping[str, str]) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError(
+                "prometheus is not installed (apt-get install prometheus)"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": "churn-predictor",
+                    "static_configs": [
+                        {"targets": [address], "labels": {"track": track}}
+                        for track, address in targets.items()
+                    ],
+                }
+            ],
+        }
+        import yaml
+
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            lambda: httpx.get(self.url + "/-/ready", timeout=2).status_code == 200,
+            60,
+            "prometheus",
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._log.close()

@@ -67,3 +67,16 @@ def test_production_refuses_embedded_store_and_floating_model(
         Settings()
     monkeypatch.setenv("PREDICTFLOW_SERVING__MODEL_TAG", "churn-predictor:3")
     assert Settings().serving.model_tag == "churn-predictor:3"
+
+
+def test_bentofile_pins_exactly_the_project_dependencies() -> None:
+    import tomllib
+
+    import yaml
+
+    from predictflow.settings import PROJECT_ROOT
+
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    bentofile = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())
+    assert bentofile["python"]["packages"] == pyproject["project"]["dependencies"]
+    assert bentofile["service"] == "service:ChurnPredictor"
