@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # Kafka's broker runs on Java; Maven resolves its jars (scripts/kafka.sh).
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# The canary tests run scripts/canary_promote.py against a real Prometheus.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

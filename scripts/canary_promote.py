@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Step a PredictFlow canary through 10 -> 30 -> 50 -> 100 %, or roll it back.
+
+At each step the script sets the REST weight (the Gateway API HTTPRoute's
+backend weights) and, in step with it, the canary Deployment's share of
+replicas: canary pods join the same Kafka consumer group, so their share of
+pods is their share of partitions. It then waits an analysis window and asks
+Prometheus how the canary did against the stable track:
+
+- REST 5xx rate (BentoML's `bentoml_service_request_total`),
+- REST P99 latency (`bentoml_service_request_duration_seconds`),
+- Kafka error and dead-letter rate per consumed record,
+- the mean churn probability served (a shifted score distribution is a model
+  problem even when nothing errors).
+
+Healthy: the next step. Unhealthy, or too little traffic to judge: roll back
+(REST weight 0, canary scaled to 0) and say why. After the last step the
+stable Deployment takes the canary's pod template (image and model tag), the
+route goes back to stable and the canary is scaled to 0.
+
+Metrics are told apart by a `track` label (`stable` / `canary`), which the
+Prometheus scrape config copies from the pod label of the same name.
+
+Exit codes: 0 promoted, 2 rolled back, 1 could not run (Prometheus or the
+cluster unreachable, bad arguments). `--dry-run` prints the patches (one JSON
+object per line on stdout) instead of sending them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How much worse than stable the canary may be."""
+
+    error_rate_margin: float = 0.01
+    p99_ratio: float = 1.5
+    p99_floor_seconds: float = 0.05
+    kafka_error_margin: float = 0.01
+    score_shift: float = 0.1
+    min_requests: int = 20
+
+
+@dataclass(frozen=True)
+class TrackStats:
+    """One track's figures over the analysis window (None: no data)."""
+
+    requests: float
+    error_rate: float | None
+    p99_seconds: float | None
+    kafka_consumed: float
+    kafka_error_rate: float | None
+    mean_score: float | None
+
+
+@dataclass
+class Verdict:
+    """Whether the canary may go on, and why."""
+
+    healthy: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def judge(canary: TrackStats, stable: TrackStats, t: Thresholds) -> Verdict:
+    """Compare the canary with stable; every failed check is a reason."""
+    reasons: list[str] = []
+    if canary.requests < t.min_requests:
+        reasons.append(
+            f"too little traffic to judge: {canary.requests:.0f} canary requests "
+            f"(< {t.min_requests})"
+        )
+        return Verdict(False, reasons)
+    c_err, s_err = canary.error_rate or 0.0, stable.error_rate or 0.0
+    if c_err > s_err + t.error_rate_margin:
+        reasons.append(f"5xx rate {c_err:.2%} vs stable {s_err:.2%}")
+    if canary.p99_seconds is not None and stable.p99_seconds is not None:
+        limit = max(stable.p99_seconds * t.p99_ratio, t.p99_floor_seconds)
+        if canary.p99_seconds > limit:
+            reasons.append(
+                f"P99 {canary.p99_seconds * 1000:.1f} ms vs stable "
+                f"{stable.p99_seconds * 1000:.1f} ms (limit {limit * 1000:.1f} ms)"
+            )
+    if canary.kafka_consumed > 0:
+        ck, sk = canary.kafka_error_rate or 0.0, stable.kafka_error_rate or 0.0
+        if ck > sk + t.kafka_error_margin:
+            reasons.append(f"Kafka error/DLQ rate {ck:.2%} vs stable {sk:.2%}")
+    if canary.mean_score is not None and stable.mean_score is not None:
+        shift = abs(canary.mean_score - stable.mean_score)
+        if shift > t.score_shift:
+            reasons.append(
+                f"mean churn probability {canary.mean_score:.3f} vs stable "
+                f"{stable.mean_score:.3f} (shift {shift:.3f} > {t.score_shift})"
+            )
+    return Verdict(not reasons, reasons)
+
+
+class Prometheus:
+    """Instant PromQL queries."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=15)
+
+    def scalar(self, promql: str) -> float | None:
+        """The query's single value, or None when it has no (finite) data."""
+        r = self.client.get("/api/v1/query", params={"query": promql})
+        r.raise_for_status()
+        result = r.json()["data"]["result"]
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return value if math.isfinite(value) else None
+
+    def stats(self, track: str, window_s: int) -> TrackStats:
+        """The figures `judge` compares, for one track."""
+        w = f"{window_s}s"
+        rest = f'track="{track}",endpoint=~"/predict|/predict_batch"'
+        requests = self.scalar(
+            f"sum(increase(bentoml_service_request_total{{{rest}}}[{w}]))"
+        )
+        errors = self.scalar(
+            f'sum(increase(bentoml_service_request_total{{{rest},http_response_code=~"5.."}}[{w}]))'
+        )
+        p99 = self.scalar(
+            "histogram_quantile(0.99, sum by (le) (rate("
+            f'bentoml_service_request_duration_seconds_bucket{{track="{track}",'
+            f'endpoint="/predict"}}[{w}])))'
+        )
+        k = f'track="{track}"'
+        consumed = self.scalar(
+            f"sum(increase(predictflow_kafka_consumed_total{{{k}}}[{w}]))"
+        )
+        kafka_bad = self.scalar(
+            f"sum(increase(predictflow_kafka_dead_lettered_total{{{k}}}[{w}])) "
+            f"+ sum(increase(predictflow_kafka_errors_total{{{k}}}[{w}]))"
+        )
+        score_sum = self.scalar(
+            f"sum(increase(predictflow_churn_probability_sum{{{k}}}[{w}]))"
+        )
+        score_count = self.scalar(
+            f"sum(increase(predictflow_churn_probability_count{{{k}}}[{w}]))"
+        )
+        n = requests or 0.0
+        c = consumed or 0.0
+        return TrackStats(
+            requests=n,
+            error_rate=(errors or 0.0) / n if n else None,
+            p99_seconds=p99,
+            kafka_consumed=c,
+            kafka_error_rate=(kafka_bad or 0.0) / c if c else None,
+            mean_score=(score_sum / score_count)
+            if score_sum is not None and score_count
+            else None,
+        )
+
+
+class Cluster(Protocol):
+    """What the script changes in the cluster."""
+
+    def stable_replicas(self) -> int: ...
+    def set_weights(self, stable: int, canary: int) -> None: ...
+    def scale_canary(self, replicas: int) -> None: ...
+    def promote_template(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Names:
+    """The objects of k8s/ the script patches."""
+
+    namespace: str = "predictflow"
+    route: str = "churn-predictor"
+    stable: str = "churn-predictor"
+    canary: str = "churn-predictor-canary"
+    stable_service: str = "churn-predictor-stable"
+    canary_service: str = "churn-predictor-canary"
+
+    def route_patch(self, stable: int, canary: int) -> dict[str, Any]:
+        """A merge patch of the HTTPRoute's backend weights."""
+        return {
+            "spec": {
+                "rules": [
+                    {
+                        "backendRefs": [
+                            {
+                                "name": self.stable_service,
+                                "port": 3000,
+                                "weight": stable,
+                            },
+                            {
+                                "name": self.canary_service,
+                                "port": 3000,
+                                "weight": canary,
+                            },
+                        ]
+                    }
+                ]
+            }
+        }
+
+
+class DryRun:
+    """Prints each patch as a JSON line instead of sending it."""
+
+    def __init__(self, names: Names, stable_replicas: int) -> None:
+        self.names = names
+        self._stable = stable_replicas
+
+    def _emit(self, kind: str, name: str, patch: dict[str, Any]) -> None:
+        line = {
+            "kind": kind,
+            "namespace": self.names.namespace,
+            "name": name,
+            "patch": patch,
+        }
+        sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def stable_replicas(self) -> int:
+        return self._stable
+
+    def set_weights(self, stable: int, canary: int) -> None:
+        self._emit(
+            "HTTPRoute", self.names.route, self.names.route_patch(stable, canary)
+        )
+
+    def scale_canary(self, replicas: int) -> None:
+        self._emit(
+            "Deployment/scale", self.names.canary, {"spec": {"replicas": replicas}}
+        )
+
+    def promote_template(self) -> None:
+        self._emit(
+            "Deployment",
+            self.names.stable,
+            {"spec": {"template": f"<pod template of {self.names.canary}>"}},
+        )
+
+
+class Kube:
+    """Patches through the Kubernetes API (official Python client)."""
+
+    def __init__(self, names: Names) -> None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self.names = names
+        self.apps = client.AppsV1Api()
+        self.custom = client.CustomObjectsApi()
+
+    def stable_replicas(self) -> int:
+        d = self.apps.read_namespaced_deployment(
+            self.names.stable, self.names.namespace
+        )
+        return int(d.spec.replicas or 1)
+
+    def set_weights(self, stable: int, canary: int) -> None:
+        self.custom.patch_namespaced_custom_object(
+            "gateway.networking.k8s.io",
+            "v1",
+            self.names.namespace,
+            "httproutes",
+            self.names.route,
+            self.names.route_patch(stable, canary),
+        )
+
+    def scale_canary(self, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(
+            self.names.canary, self.names.namespace, {"spec": {"replicas": replicas}}
+        )
+
+    def promote_template(self) -> None:
+        canary = self.apps.read_namespaced_deployment(
+            self.names.canary, self.names.namespace
+        )
+        template = self.apps.api_client.sanitize_for_serialization(canary.spec.template)
+        template["metadata"]["labels"]["track"] = "stable"
+        self.apps.patch_namespaced_deployment(
+            self.names.stable, self.names.namespace, {"spec": {"template": template}}
+        )
+
+
+def canary_replicas(stable: int, weight: int) -> int:
+    """Canary pods whose share of all pods matches the REST weight (at least 1)."""
+    if weight <= 0:
+        return 0
+    if weight >= 100:
+        return max(stable, 1)
+    return max(1, round(stable * weight / (100 - weight)))
+
+
+def say(message: str) -> None:
+    """Progress for the operator (stderr; stdout carries dry-run patches)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def rollout(
+    cluster: Cluster,
+    prometheus: Prometheus,
+    steps: list[int],
+    window_s: int,
+    thresholds: Thresholds,
+    settle_s: float,
+) -> int:
+    """Walk the steps; returns the exit code."""
+    stable = cluster.stable_replicas()
+    try:
+        return _walk(cluster, prometheus, steps, window_s, thresholds, settle_s, stable)
+    except Exception:
+        say("ERROR during the rollout: sending all traffic back to stable")
+        cluster.set_weights(100, 0)
+        cluster.scale_canary(0)
+        raise
+
+
+def _walk(
+    cluster: Cluster,
+    prometheus: Prometheus,
+    steps: list[int],
+    window_s: int,
+    thresholds: Thresholds,
+    settle_s: float,
+    stable: int,
+) -> int:
+    for weight in steps:
+        replicas = canary_replicas(stable, weight)
+        say(f"step {weight}%: canary weight {weight}, canary replicas {replicas}")
+        cluster.scale_canary(replicas)
+        cluster.set_weights(100 - weight, weight)
+        time.sleep(window_s + settle_s)
+        c = prometheus.stats("canary", window_s)
+        s = prometheus.stats("stable", window_s)
+        say(f"  canary {c}\n  stable {s}")
+        verdict = judge(c, s, thresholds)
+        if not verdict.healthy:
+            say(f"ROLLBACK at {weight}%: " + "; ".join(verdict.reasons))
+            cluster.set_weights(100, 0)
+            cluster.scale_canary(0)
+            return EXIT_ROLLED_BACK
+        say(f"  healthy at {weight}%")
+    say("PROMOTED: stable takes the canary's pod template; canary scaled to 0")
+    cluster.promote_template()
+    cluster.set_weights(100, 0)
+    cluster.scale_canary(0)
+    return EXIT_PROMOTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run the rollout."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    p.add_argument("--steps", default="10,30,50,100", help="canary weights, in order")
+    p.add_argument("--window", type=int, default=300, help="analysis window, seconds")
+    p.add_argument(
+        "--settle", type=float, default=15.0, help="extra seconds for scrapes to land"
+    )
+    p.add_argument("--namespace", default="predictflow")
+    p.add_argument("--dry-run", action="store_true", help="print patches, send none")
+    p.add_argument(
+        "--stable-replicas", type=int, default=2, help="stable replicas (dry run only)"
+    )
+    p.add_argument("--min-requests", type=int, default=Thresholds.min_requests)
+    p.add_argument("--error-margin", type=float, default=Thresholds.error_rate_margin)
+    p.add_argument("--p99-ratio", type=float, default=Thresholds.p99_ratio)
+    p.add_argument("--score-shift", type=float, default=Thresholds.score_shift)
+    args = p.parse_args(argv)
+    try:
+        steps = [int(x) for x in args.steps.split(",")]
+    except ValueError:
+        p.error("--steps takes comma-separated integers")
+    if not steps or steps != sorted(steps) or not 0 < steps[0] <= steps[-1] <= 100:
+        p.error("--steps must rise within 1..100")
+    names = Names(namespace=args.namespace)
+    thresholds = Thresholds(
+        error_rate_margin=args.error_margin,
+        p99_ratio=args.p99_ratio,
+        score_shift=args.score_shift,
+        min_requests=args.min_requests,
+    )
+    try:
+        cluster: Cluster = (
+            DryRun(names, args.stable_replicas) if args.dry_run else Kube(names)
+        )
+        return rollout(
+            cluster,
+            Prometheus(args.prometheus),
+            steps,
+            args.window,
+            thresholds,
+            args.settle,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure: say it, exit 1
+        say(f"cannot run: {type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""scripts/canary_promote.py against a real Prometheus scraping real services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, BentoServer, PrometheusServer, Workspace
+
+CUSTOMERS = ["7590-VHVEG", "5575-GNVDE", "3668-QPYBK", "7795-CFOCW", "9237-HQITU"]
+
+
+@pytest.fixture(scope="module")
+def stable(workspace: Workspace) -> Iterator[BentoServer]:
+    srv = BentoServer(workspace, "stable").wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def healthy_canary(workspace: Workspace) -> Iterator[BentoServer]:
+    srv = BentoServer(workspace, "canary").wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def failing_canary(workspace: Workspace) -> Iterator[BentoServer]:
+    """A canary whose feature store was never materialized: every request 503s."""
+    import shutil
+
+    repo = workspace.root / "repo-canary-broken"
+    shutil.copytree(workspace.root / "feature_repo", repo)
+    (repo / "data" / "online_store.db").unlink()
+    env = {"PREDICTFLOW_FEAST__REPO_PATH": str(repo)}
+    srv = BentoServer(workspace, "canary-broken", env).wait("/livez")
+    yield srv
+    srv.stop()
+
+
+class Load:
+    """Steady /predict traffic to some servers until stopped."""
+
+    def __init__(self, *servers: BentoServer, per_second: float = 25) -> None:
+        self.servers = servers
+        self.pause = 1.0 / per_second
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not self.stop_event.wait(self.pause):
+                for srv in self.servers:
+                    client.post(
+                        f"{srv.url}/predict",
+                        json={"customer_id": CUSTOMERS[i % len(CUSTOMERS)]},
+                    )
+                i += 1
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+
+
+def _promote(prometheus: PrometheusServer) -> tuple[int, list[dict[str, object]], str]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "canary_promote.py"),
+            "--prometheus",
+            prometheus.url,
+            "--dry-run",
+            "--steps",
+            "10,30,50,100",
+            "--window",
+            "5",
+            "--settle",
+            "2",
+            "--stable-replicas",
+            "3",
+            "--min-requests",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    patches = [json.loads(line) for line in done.stdout.splitlines()]
+    return done.returncode, patches, done.stderr
+
+
+def _summary(patches: list[dict[str, object]]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for p in patches:
+        patch = p["patch"]
+        assert isinstance(patch, dict)
+        if p["kind"] == "HTTPRoute":
+            refs = patch["spec"]["rules"][0]["backendRefs"]
+            out.append(("weights", tuple(r["weight"] for r in refs)))
+        elif p["kind"] == "Deployment/scale":
+            out.append(("canary_replicas", patch["spec"]["replicas"]))
+        else:
+            out.append(("promote", p["name"]))
+    return out
+
+
+def test_a_healthy_canary_is_promoted_step_by_step(
+    tmp_path: Path, stable: BentoServer, healthy_canary: BentoServer
+) -> None:
+    targets = {"stable": stable.url[7:], "canary": healthy_canary.url[7:]}
+    prometheus = PrometheusServer(tmp_path / "prom", targets)
+    try:
+        with Load(stable, healthy_canary):
+            code, patches, log = _promote(prometheus)
+    finally:
+        prometheus.stop()
+    assert code == 0, log
+    assert _summary(patches) == [
+        ("canary_replicas", 1), ("weights", (90, 10)),
+        ("canary_replicas", 1), ("weights", (70, 30)),
+        ("canary_replicas", 3), ("weights", (50, 50)),
+        ("canary_replicas", 3), ("weights", (0, 100)),
+        ("promote", "churn-predictor"), ("weights", (100, 0)), ("canary_replicas", 0),
+    ]  # fmt: skip
+    assert "PROMOTED" in log
+
+
+def test_a_failing_canary_is_rolled_back_with_the_reason(
+    tmp_path: Path, stable: BentoServer, failing_canary: BentoServer
+) -> None:
+    targets = {"stable": stable.url[7:], "canary": failing_canary.url[7:]}
+    prometheus = PrometheusServer(tmp_path / "prom", targets)
+    try:
+        with Load(stable, failing_canary):
+            code, patches, log = _promote(prometheus)
+    finally:
+        prometheus.stop()
+    assert code == 2, log
+    assert _summary(patches) == [
+        ("canary_replicas", 1), ("weights", (90, 10)),
+        ("weights", (100, 0)), ("canary_replicas", 0),
+    ]  # fmt: skip
+    assert "ROLLBACK at 10%" in log
+    assert "5xx rate" in log
+
+
+def test_no_prometheus_is_an_error_exit(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "canary_promote.py"),
+         "--prometheus", "http://127.0.0.1:9", "--dry-run", "--window", "1",
+         "--settle", "0", "--steps", "10"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot run" in done.stderr
+    # traffic was sent back to stable before giving up
+    assert '"weight": 0' in done.stdout.splitlines()[-2]
