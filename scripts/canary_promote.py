@@ -29,11 +29,13 @@ object per line on stdout) instead of sending them.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -185,36 +187,42 @@ class Names:
     stable_service: str = "churn-predictor-stable"
     canary_service: str = "churn-predictor-canary"
 
-    def route_patch(self, stable: int, canary: int) -> dict[str, Any]:
-        """A merge patch of the HTTPRoute's backend weights."""
-        return {
-            "spec": {
-                "rules": [
-                    {
-                        "backendRefs": [
-                            {
-                                "name": self.stable_service,
-                                "port": 3000,
-                                "weight": stable,
-                            },
-                            {
-                                "name": self.canary_service,
-                                "port": 3000,
-                                "weight": canary,
-                            },
-                        ]
-                    }
-                ]
-            }
-        }
+    def route_patch(
+        self, route: dict[str, Any], stable: int, canary: int
+    ) -> dict[str, Any]:
+        """A merge patch giving the route's stable/canary backendRefs these weights.
+
+        A merge patch replaces lists whole, so the patch carries every rule as
+        it is (matches, filters, other backends) with only the two weights set.
+        """
+        weights = {self.stable_service: stable, self.canary_service: canary}
+        rules = copy.deepcopy(route["spec"]["rules"])
+        found = set()
+        for rule in rules:
+            for ref in rule.get("backendRefs", []):
+                if ref["name"] in weights:
+                    ref["weight"] = weights[ref["name"]]
+                    found.add(ref["name"])
+        if found != set(weights):
+            raise ValueError(f"HTTPRoute lacks backendRefs {set(weights) - found}")
+        return {"spec": {"rules": rules}}
 
 
 class DryRun:
-    """Prints each patch as a JSON line instead of sending it."""
+    """Prints each patch as a JSON line instead of sending it.
 
-    def __init__(self, names: Names, stable_replicas: int) -> None:
+    The route is read from the manifest (k8s/base/httproute.yaml), so the
+    printed patches are the ones that would be sent.
+    """
+
+    def __init__(
+        self, names: Names, stable_replicas: int, route_manifest: Path
+    ) -> None:
+        import yaml
+
         self.names = names
         self._stable = stable_replicas
+        self.route = yaml.safe_load(route_manifest.read_text())
 
     def _emit(self, kind: str, name: str, patch: dict[str, Any]) -> None:
         line = {
@@ -230,9 +238,8 @@ class DryRun:
         return self._stable
 
     def set_weights(self, stable: int, canary: int) -> None:
-        self._emit(
-            "HTTPRoute", self.names.route, self.names.route_patch(stable, canary)
-        )
+        patch = self.names.route_patch(self.route, stable, canary)
+        self._emit("HTTPRoute", self.names.route, patch)
 
     def scale_canary(self, replicas: int) -> None:
         self._emit(
@@ -268,14 +275,10 @@ class Kube:
         return int(d.spec.replicas or 1)
 
     def set_weights(self, stable: int, canary: int) -> None:
-        self.custom.patch_namespaced_custom_object(
-            "gateway.networking.k8s.io",
-            "v1",
-            self.names.namespace,
-            "httproutes",
-            self.names.route,
-            self.names.route_patch(stable, canary),
-        )
+        route = ("gateway.networking.k8s.io", "v1", self.names.namespace, "httproutes")
+        current = self.custom.get_namespaced_custom_object(*route, self.names.route)
+        patch = self.names.route_patch(current, stable, canary)
+        self.custom.patch_namespaced_custom_object(*route, self.names.route, patch)
 
     def scale_canary(self, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(
@@ -371,6 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--namespace", default="predictflow")
     p.add_argument("--dry-run", action="store_true", help="print patches, send none")
     p.add_argument(
+        "--route-manifest",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent
+        / "k8s"
+        / "base"
+        / "httproute.yaml",
+        help="the HTTPRoute a dry run patches",
+    )
+    p.add_argument(
         "--stable-replicas", type=int, default=2, help="stable replicas (dry run only)"
     )
     p.add_argument("--min-requests", type=int, default=Thresholds.min_requests)
@@ -393,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cluster: Cluster = (
-            DryRun(names, args.stable_replicas) if args.dry_run else Kube(names)
+            DryRun(names, args.stable_replicas, args.route_manifest)
+            if args.dry_run
+            else Kube(names)
         )
         return rollout(
             cluster,

@@ -108,8 +108,22 @@ def _summary(patches: list[dict[str, object]]) -> list[tuple[str, object]]:
         patch = p["patch"]
         assert isinstance(patch, dict)
         if p["kind"] == "HTTPRoute":
-            refs = patch["spec"]["rules"][0]["backendRefs"]
-            out.append(("weights", tuple(r["weight"] for r in refs)))
+            (rule,) = patch["spec"]["rules"]
+            # the patch keeps the route's matches: a merge patch replaces lists
+            assert [m["path"]["value"] for m in rule["matches"]] == [
+                "/predict",
+                "/predict_batch",
+            ]
+            weights = {r["name"]: r["weight"] for r in rule["backendRefs"]}
+            out.append(
+                (
+                    "weights",
+                    (
+                        weights["churn-predictor-stable"],
+                        weights["churn-predictor-canary"],
+                    ),
+                )
+            )
         elif p["kind"] == "Deployment/scale":
             out.append(("canary_replicas", patch["spec"]["replicas"]))
         else:
@@ -167,4 +181,6 @@ def test_no_prometheus_is_an_error_exit(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "cannot run" in done.stderr
     # traffic was sent back to stable before giving up
-    assert '"weight": 0' in done.stdout.splitlines()[-2]
+    route = json.loads(done.stdout.splitlines()[-2])
+    refs = route["patch"]["spec"]["rules"][0]["backendRefs"]
+    assert {r["name"]: r["weight"] for r in refs}["churn-predictor-canary"] == 0

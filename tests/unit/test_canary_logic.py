@@ -84,3 +84,23 @@ def test_canary_replica_share_follows_the_weight(
     stable: int, weight: int, expected: int
 ) -> None:
     assert cp.canary_replicas(stable, weight) == expected
+
+
+def test_the_route_patch_keeps_matches_and_sets_only_the_weights() -> None:
+    import yaml
+
+    route = yaml.safe_load((PROJECT_ROOT / "k8s/base/httproute.yaml").read_text())
+    patch = cp.Names().route_patch(route, 70, 30)
+    (rule,) = patch["spec"]["rules"]
+    assert rule["matches"] == route["spec"]["rules"][0]["matches"]
+    assert {r["name"]: r["weight"] for r in rule["backendRefs"]} == {
+        "churn-predictor-stable": 70,
+        "churn-predictor-canary": 30,
+    }
+    assert route["spec"]["rules"][0]["backendRefs"][1]["weight"] == 0  # not mutated
+
+
+def test_a_route_without_the_canary_backend_is_refused() -> None:
+    route = {"spec": {"rules": [{"backendRefs": [{"name": "churn-predictor-stable"}]}]}}
+    with pytest.raises(ValueError, match="churn-predictor-canary"):
+        cp.Names().route_patch(route, 90, 10)
