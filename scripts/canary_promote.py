@@ -325,9 +325,14 @@ def rollout(
         return _walk(cluster, prometheus, steps, window_s, thresholds, settle_s, stable)
     except Exception:
         say("ERROR during the rollout: sending all traffic back to stable")
-        cluster.set_weights(100, 0)
-        cluster.scale_canary(0)
+        back_to_stable(cluster)
         raise
+
+
+def back_to_stable(cluster: Cluster) -> None:
+    """All REST traffic to stable, then no canary pods (so no Kafka share)."""
+    cluster.set_weights(100, 0)
+    cluster.scale_canary(0)
 
 
 def _walk(
@@ -351,14 +356,12 @@ def _walk(
         verdict = judge(c, s, thresholds)
         if not verdict.healthy:
             say(f"ROLLBACK at {weight}%: " + "; ".join(verdict.reasons))
-            cluster.set_weights(100, 0)
-            cluster.scale_canary(0)
+            back_to_stable(cluster)
             return EXIT_ROLLED_BACK
         say(f"  healthy at {weight}%")
     say("PROMOTED: stable takes the canary's pod template; canary scaled to 0")
     cluster.promote_template()
-    cluster.set_weights(100, 0)
-    cluster.scale_canary(0)
+    back_to_stable(cluster)
     return EXIT_PROMOTED
 
 

@@ -131,18 +131,26 @@ def _summary(patches: list[dict[str, object]]) -> list[tuple[str, object]]:
     return out
 
 
-def test_a_healthy_canary_is_promoted_step_by_step(
-    tmp_path: Path, stable: BentoServer, healthy_canary: BentoServer
-) -> None:
-    targets = {"stable": stable.url[7:], "canary": healthy_canary.url[7:]}
-    prometheus = PrometheusServer(tmp_path / "prom", targets)
+def _rollout_under_load(
+    workdir: Path, stable: BentoServer, canary: BentoServer
+) -> tuple[int, list[tuple[str, object]], str]:
+    """A real Prometheus scrapes both tracks while they serve; run the script."""
+    targets = {"stable": stable.url[7:], "canary": canary.url[7:]}
+    prometheus = PrometheusServer(workdir / "prom", targets)
     try:
-        with Load(stable, healthy_canary):
+        with Load(stable, canary):
             code, patches, log = _promote(prometheus)
     finally:
         prometheus.stop()
+    return code, _summary(patches), log
+
+
+def test_a_healthy_canary_is_promoted_step_by_step(
+    tmp_path: Path, stable: BentoServer, healthy_canary: BentoServer
+) -> None:
+    code, patches, log = _rollout_under_load(tmp_path, stable, healthy_canary)
     assert code == 0, log
-    assert _summary(patches) == [
+    assert patches == [
         ("canary_replicas", 1), ("weights", (90, 10)),
         ("canary_replicas", 1), ("weights", (70, 30)),
         ("canary_replicas", 3), ("weights", (50, 50)),
@@ -155,15 +163,9 @@ def test_a_healthy_canary_is_promoted_step_by_step(
 def test_a_failing_canary_is_rolled_back_with_the_reason(
     tmp_path: Path, stable: BentoServer, failing_canary: BentoServer
 ) -> None:
-    targets = {"stable": stable.url[7:], "canary": failing_canary.url[7:]}
-    prometheus = PrometheusServer(tmp_path / "prom", targets)
-    try:
-        with Load(stable, failing_canary):
-            code, patches, log = _promote(prometheus)
-    finally:
-        prometheus.stop()
+    code, patches, log = _rollout_under_load(tmp_path, stable, failing_canary)
     assert code == 2, log
-    assert _summary(patches) == [
+    assert patches == [
         ("canary_replicas", 1), ("weights", (90, 10)),
         ("weights", (100, 0)), ("canary_replicas", 0),
     ]  # fmt: skip
