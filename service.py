@@ -79,6 +79,7 @@ class ChurnPredictor:
         self.kafka = KafkaRunner(
             self.scorer, kafka, instance=f"{instance}-w{server_context.worker_index}"
         )
+        # Held so the task is not garbage-collected while it runs.
         self._kafka_task = asyncio.create_task(self.kafka.serve())
 
     @bentoml.on_shutdown
