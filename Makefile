@@ -7,7 +7,7 @@ PORT ?= 3000
 BIN := $(VENV)/bin
 
 .PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
-        typecheck test-services clean
+        typecheck test-services bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ test-services:
 ## Every suite: unit, model, integration (real bentoml serve, Redis, Kafka).
 test: install test-services
 	$(BIN)/pytest
+
+## Benchmarks (not tests): REST on Redis and SQLite against a FastAPI baseline,
+## Kafka throughput and latency, cold start, RSS. Up to 20 minutes.
+bench: install test-services
+	$(BIN)/python -m bench.run
+
+bench-quick: install test-services
+	$(BIN)/python -m bench.run --quick
 
 test-unit: install
 	$(BIN)/pytest tests/unit tests/model

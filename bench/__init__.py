@@ -1,0 +1,1 @@
+"""PredictFlow benchmark harness: `python -m bench.run` (see bench/README.md)."""

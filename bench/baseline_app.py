@@ -1,0 +1,72 @@
+"""The baseline: the service's per-request work in a minimal FastAPI app.
+
+Same contract, same `Scorer` over the same `OnlineFeatures` (Feast, configured
+by the same `PREDICTFLOW_*` settings) and the same `ChurnModel` from the same
+Bento store entry; run by uvicorn with one worker (uvloop and httptools, as
+BentoML's worker). What differs from `service.py` is only the framework.
+
+    uvicorn bench.baseline_app:app --workers 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import bentoml
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from predictflow.contract import ChurnRequest, ErrorReply
+from predictflow.errors import PredictFlowError, http_status
+from predictflow.features import OnlineFeatures
+from predictflow.model import ChurnModel
+from predictflow.scoring import Scorer
+from predictflow.settings import get_settings
+
+
+class _State:
+    features: OnlineFeatures
+    scorer: Scorer
+
+
+state = _State()
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    ref = bentoml.models.get(settings.serving.model_tag)
+    model = ChurnModel.from_mlflow_dir(Path(ref.path_of("mlflow_model")), str(ref.tag))
+    state.features = OnlineFeatures.open(settings.feast)
+    state.scorer = Scorer(state.features, model)
+    yield
+
+
+app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+
+
+def _error(reply: ErrorReply) -> JSONResponse:
+    return JSONResponse(reply.model_dump(), status_code=http_status(reply.error))
+
+
+@app.post("/predict", response_model=None)
+async def predict(request: ChurnRequest) -> Response:
+    # Scored on the event loop, as service.py's `async def predict` does.
+    try:
+        (result,) = state.scorer.score([request], source="baseline")
+    except PredictFlowError as exc:
+        return _error(exc.to_reply())
+    if isinstance(result, ErrorReply):
+        return _error(result)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+@app.get("/readyz", response_model=None)
+def readyz() -> Response:
+    try:
+        state.features.check()
+    except PredictFlowError as exc:
+        return _error(exc.to_reply())
+    return Response("ready")

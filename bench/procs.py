@@ -1,0 +1,140 @@
+"""CPU and memory of the processes under test, from /proc (through psutil)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+import psutil  # type: ignore[import-untyped]
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (those alive now)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process tree, so far."""
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU of a process tree between start() and stop(), as % of one core."""
+
+    pid: int
+    _cpu: float = 0.0
+    _wall: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self._cpu = cpu_seconds(self.pid)
+        self._wall = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        cpu = cpu_seconds(self.pid) - self._cpu
+        wall = time.monotonic() - self._wall
+        return {"cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / wall, 1)}
+
+
+def rss_mb(pid: int) -> dict[str, object]:
+    """RSS of a server's processes: the supervisor and each worker (MB)."""
+    processes: list[dict[str, object]] = []
+    workers: list[float] = []
+    for p in tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            role, rss = _role(p, pid), round(p.memory_info().rss / 2**20, 1)
+            processes.append({"pid": p.pid, "role": role, "rss_mb": rss})
+            if role == "worker":
+                workers.append(rss)
+    return {
+        "processes": processes,
+        "worker_rss_mb_max": max(workers) if workers else None,
+    }
+
+
+def _role(p: psutil.Process, root: int) -> str:
+    cmd = " ".join(p.cmdline())
+    if "_bentoml_impl.worker" in cmd:
+        return "worker"
+    if p.pid == root and "bentoml" in cmd:
+        return "supervisor"
+    # A single-process server (uvicorn --workers 1, the runner) is its worker.
+    return "worker" if p.pid == root else "other"
+
+
+def wait_child(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, float]:
+    """Reap a child process; its own CPU seconds (rusage), exactly.
+
+    The child must have been started by this process and not reaped yet.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}
+        if time.monotonic() > deadline:
+            proc.kill()
+            timeout = 30
+            deadline = time.monotonic() + timeout
+        time.sleep(0.02)
+
+
+def wait_idle(
+    pids: list[int], below_pct: float = 10.0, timeout_s: float = 15.0
+) -> float:
+    """Wait until the servers are idle (finished any abandoned requests).
+
+    Idle: under `below_pct` % of a core, all trees together, over 0.5 s.
+    Returns the seconds waited (`timeout_s` when they never went idle).
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(0.5)
+        if 100 * (sum(cpu_seconds(p) for p in pids) - before) / 0.5 < below_pct:
+            break
+    return round(time.monotonic() - started, 1)
+
+
+def _proc_stat() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    total = sum(fields)
+    return user + nice + system + irq + softirq, steal, total
+
+
+@dataclass
+class MachineMeter:
+    """The whole machine over a phase: busy and stolen (hypervisor) CPU, in %."""
+
+    _start: tuple[int, int, int] = (0, 0, 0)
+
+    def start(self) -> MachineMeter:
+        self._start = _proc_stat()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        busy, steal, total = (
+            b - a for a, b in zip(self._start, _proc_stat(), strict=True)
+        )
+        total = max(total, 1)
+        return {
+            "busy_pct": round(100 * busy / total, 1),
+            "steal_pct": round(100 * steal / total, 1),
+        }

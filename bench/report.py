@@ -1,0 +1,344 @@
+"""The markdown report of one run: the issue's targets first, then the detail."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+STORES = ("redis", "sqlite")
+#: The issue's targets.
+REST_RATE = 1000
+REST_P99_MS = 50.0
+SATURATION_RATIO = 0.8
+KAFKA_THROUGHPUT = 20_000
+KAFKA_P99_MS = 50.0
+COLD_START_S = 5.0
+RSS_MB = 500.0
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, int) or (isinstance(x, float) and x >= 1000):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return "n/a"
+    return f"{a / b:.2f}×"
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def _at_rate(store: Mapping[str, Any], rate: int) -> dict[str, Any] | None:
+    for row in store.get("rates", []):
+        if row["rate"] == rate:
+            return dict(row)
+    return None
+
+
+def rest_rate_ok(run: Mapping[str, Any] | None) -> bool | None:
+    if not run or "latency_ms" not in run:
+        return None
+    complete = run["sent"] >= 0.999 * run["scheduled"]
+    return bool(
+        run["latency_ms"]["p99"] < REST_P99_MS and run["errors"] == 0 and complete
+    )
+
+
+def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: measured, baseline, ratio, goal, met."""
+    rows: list[dict[str, Any]] = []
+    rest = results.get("rest") or {}
+    for store in STORES:
+        s = rest.get(store)
+        if not s or "error" in s:
+            continue
+        at = _at_rate(s, REST_RATE) or {}
+        svc, base = at.get("service"), at.get("baseline")
+
+        def fmt(r: Mapping[str, Any] | None) -> str:
+            if not r or "latency_ms" not in r:
+                return "n/a"
+            return (
+                f"P99 {_num(r['latency_ms']['p99'])} ms, {r['errors']} errors, "
+                f"{_num(r['send_rate'])} req/s sent"
+            )
+
+        rows.append(
+            {
+                "target": f"REST {store}: {REST_RATE:,} req/s constant",
+                "measured": fmt(svc),
+                "baseline": fmt(base),
+                "ratio": _ratio(
+                    (svc or {}).get("latency_ms", {}).get("p99"),
+                    (base or {}).get("latency_ms", {}).get("p99"),
+                )
+                + " (P99)",
+                "goal": f"P99 < {REST_P99_MS:.0f} ms, 0 errors",
+                "met": rest_rate_ok(svc),
+            }
+        )
+        sat = s.get("saturation", {})
+        a = sat.get("service", {}).get("ok_throughput")
+        b = sat.get("baseline", {}).get("ok_throughput")
+        rows.append(
+            {
+                "target": f"REST {store}: saturated throughput",
+                "measured": f"{_num(a)} req/s",
+                "baseline": f"{_num(b)} req/s",
+                "ratio": _ratio(a, b),
+                "goal": f"≥ {SATURATION_RATIO}× baseline",
+                "met": None if a is None or not b else a / b >= SATURATION_RATIO,
+            }
+        )
+        cs = s.get("cold_start_s", {})
+        rows.append(
+            {
+                "target": f"REST {store}: cold start (start → /readyz 200)",
+                "measured": f"{_num(cs.get('service'), 2)} s",
+                "baseline": f"{_num(cs.get('baseline'), 2)} s",
+                "ratio": _ratio(cs.get("service"), cs.get("baseline")),
+                "goal": f"< {COLD_START_S:.0f} s",
+                "met": None
+                if cs.get("service") is None
+                else cs["service"] < COLD_START_S,
+            }
+        )
+        rss = s.get("rss_after_load", {})
+        a = (rss.get("service") or {}).get("worker_rss_mb_max")
+        b = (rss.get("baseline") or {}).get("worker_rss_mb_max")
+        rows.append(
+            {
+                "target": f"REST {store}: RSS per worker (after load)",
+                "measured": f"{_num(a)} MB",
+                "baseline": f"{_num(b)} MB",
+                "ratio": _ratio(a, b),
+                "goal": f"< {RSS_MB:.0f} MB",
+                "met": None if a is None else a < RSS_MB,
+            }
+        )
+    k = results.get("kafka") or {}
+    if k and "error" not in k:
+        tp = k.get("throughput", {}).get("msgs_per_s")
+        rows.append(
+            {
+                "target": "Kafka: sustained throughput (6 partitions, 1 runner)",
+                "measured": f"{_num(tp)} msg/s",
+                "baseline": "n/a",
+                "ratio": "n/a",
+                "goal": f"≥ {KAFKA_THROUGHPUT:,} msg/s",
+                "met": None if tp is None else tp >= KAFKA_THROUGHPUT,
+            }
+        )
+        lat = k.get("latency", {})
+        p99 = (lat.get("latency_ms") or {}).get("p99")
+        rows.append(
+            {
+                "target": f"Kafka: request→reply at {lat.get('rate', 0):,} msg/s",
+                "measured": f"P99 {_num(p99)} ms, {lat.get('missing', 'n/a')} missing",
+                "baseline": "n/a",
+                "ratio": "n/a",
+                "goal": f"P99 < {KAFKA_P99_MS:.0f} ms",
+                "met": None
+                if p99 is None
+                else p99 < KAFKA_P99_MS and not lat["missing"],
+            }
+        )
+        rss = (k.get("runner_rss") or {}).get("worker_rss_mb_max")
+        rows.append(
+            {
+                "target": "Kafka: RSS of the standalone runner (after load)",
+                "measured": f"{_num(rss)} MB",
+                "baseline": "n/a",
+                "ratio": "n/a",
+                "goal": f"< {RSS_MB:.0f} MB",
+                "met": None if rss is None else rss < RSS_MB,
+            }
+        )
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    plan = results["plan"]
+    lines = [
+        f"# PredictFlow benchmark {results['run_id']} ({results['mode']})",
+        "",
+        f"{results['machine']['cpus']} CPUs, load average at start "
+        f"{results['machine']['loadavg_start']}; wall time "
+        f"{_num(results.get('wall_s'))} s. PredictFlow = `bentoml serve "
+        "service:ChurnPredictor` (1 worker); baseline = `bench/baseline_app.py` "
+        "(FastAPI on uvicorn, 1 worker, same Scorer, features and model). "
+        "Generator and servers share the machine.",
+    ]
+    if results["mode"] == "quick":
+        lines += [
+            "",
+            f"**Quick run** ({plan['rate_s']} s per rate): a smoke test; the "
+            "targets are judged on the full run.",
+        ]
+    lines += ["", "## Targets", ""]
+    lines += _table(
+        ["target", "PredictFlow", "baseline", "ratio", "goal", "met"],
+        [
+            [
+                r["target"],
+                r["measured"],
+                r["baseline"],
+                r["ratio"],
+                r["goal"],
+                _met(r["met"]),
+            ]
+            for r in results.get("targets", [])
+        ],
+    )
+    rest = results.get("rest") or {}
+    check = rest.get("generator_check")
+    if check:
+        lines += [
+            "",
+            "## Load generator check",
+            "",
+            f"vegeta at {check['rate']:,} req/s for {check['duration_s']} s against a "
+            f"static aiohttp target: sent {_num(check['send_rate'])} req/s, "
+            f"{check['errors']} errors, lag behind schedule P50 "
+            f"{_num(check['generator_lag_ms']['p50'], 2)} / P99 "
+            f"{_num(check['generator_lag_ms']['p99'], 2)} / max "
+            f"{_num(check['generator_lag_ms']['max'], 2)} ms, generator CPU "
+            f"{_num(check['generator_cpu_pct'])} % of a core; latency P50/P99 "
+            f"{_num(check['latency_ms']['p50'], 2)} / "
+            f"{_num(check['latency_ms']['p99'], 2)} ms (the machine's floor).",
+        ]
+    for store in STORES:
+        s = rest.get(store)
+        if not s:
+            continue
+        lines += ["", f"## REST, Feast {store}", ""]
+        if "error" in s:
+            lines.append(f"Failed: `{s['error']}`")
+            continue
+        rows = []
+        for row in s["rates"]:
+            for kind in ("service", "baseline"):
+                r = row[kind]
+                rows.append(
+                    [
+                        f"{row['rate']:,}",
+                        kind,
+                        _num(r["send_rate"]),
+                        _num(r["latency_ms"]["p50"], 2),
+                        _num(r["latency_ms"]["p99"], 2),
+                        _num(r["latency_ms"]["max"], 2),
+                        str(r["errors"]),
+                        str(r["not_sent"]),
+                        _num(r.get("server_cpu_pct")),
+                        _num(r.get("server_cpu_ms_per_request"), 2),
+                        _num(r["generator_cpu_pct"]),
+                        _num(r["generator_lag_ms"]["p99"], 2),
+                        _num((r.get("machine") or {}).get("steal_pct")),
+                    ]
+                )
+        lines += [
+            f"Constant rate, {plan['rate_s']} s each (vegeta; latency from the "
+            "scheduled send time):",
+            "",
+        ]
+        lines += _table(
+            [
+                "req/s",
+                "server",
+                "sent/s",
+                "P50 ms",
+                "P99 ms",
+                "max ms",
+                "errors",
+                "not sent",
+                "server CPU %",
+                "CPU ms/req",
+                "gen CPU %",
+                "gen lag P99 ms",
+                "steal %",
+            ],
+            rows,
+        )
+        sat_rows = []
+        for kind in ("service", "baseline"):
+            r = s["saturation"].get(kind)
+            if not r:
+                continue
+            sat_rows.append(
+                [
+                    kind,
+                    _num(r["ok_throughput"]),
+                    _num(r["latency_ms"]["p50"], 2),
+                    _num(r["latency_ms"]["p99"], 2),
+                    _num(r["latency_ms"]["max"], 2),
+                    str(r["errors"]),
+                    _num(r.get("server_cpu_pct")),
+                    _num(r.get("server_cpu_ms_per_request"), 2),
+                    _num(r["generator_cpu_pct"]),
+                    _num((r.get("machine") or {}).get("steal_pct")),
+                ]
+            )
+        lines += [
+            "",
+            f"Saturation, {plan['saturation_s']} s (wrk, 1 thread, "
+            f"{plan['connections']} connections):",
+            "",
+        ]
+        lines += _table(
+            [
+                "server",
+                "req/s",
+                "P50 ms",
+                "P99 ms",
+                "max ms",
+                "errors",
+                "server CPU %",
+                "CPU ms/req",
+                "gen CPU %",
+                "steal %",
+            ],
+            sat_rows,
+        )
+    k = results.get("kafka")
+    if k:
+        lines += ["", "## Kafka (standalone runner, Feast redis)", ""]
+        if "error" in k:
+            lines.append(f"Failed: `{k['error']}`")
+        else:
+            t, lat = k["throughput"], k["latency"]
+            lines += [
+                f"- Throughput: {t['messages']:,} requests published first "
+                f"({_num(t['publish_msgs_per_s'])} msg/s), then the runner started; "
+                f"{_num(t['msgs_per_s'])} msg/s from partition assignment to the "
+                f"last committed offset ({_num(t['seconds'], 2)} s), "
+                f"{_num(t['msgs_per_s_from_first_reply'])} msg/s from the first "
+                f"reply; runner CPU {_num(t['runner_cpu_pct'])} %, broker CPU "
+                f"{_num(t.get('broker_cpu_pct'))} %; start → "
+                f"assignment {_num(t['startup_s'], 2)} s.",
+                f"- Latency at {lat['rate']:,} msg/s for {lat['duration_s']} s "
+                f"(separate producer/consumer process): P50 "
+                f"{_num(lat['latency_ms']['p50'], 2)} / P99 "
+                f"{_num(lat['latency_ms']['p99'], 2)} / max "
+                f"{_num(lat['latency_ms']['max'], 2)} ms from the scheduled send "
+                f"(P99 {_num(lat['latency_from_send_ms']['p99'], 2)} ms from the "
+                f"actual send); {lat['replied']:,} of "
+                f"{lat['sent']:,} replied, {lat['duplicates']} duplicates; producer "
+                f"lag P99 {_num(lat['send_lag_ms']['p99'], 2)} ms; runner CPU "
+                f"{_num(k.get('latency_runner_cpu_pct'))} %, broker CPU "
+                f"{_num(k.get('latency_broker_cpu_pct'))} %, client CPU "
+                f"{_num(lat['client_cpu_pct'])} %.",
+            ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,540 @@
+"""`make bench`: start everything, drive load from this machine, stop, report.
+
+    python -m bench.run            # the full run (~16 min)
+    python -m bench.run --quick    # a smoke run (~5 min)
+    python -m bench.run --only rest|kafka
+
+Writes bench/results/<UTC timestamp>.json (every figure), <timestamp>.md and
+latest.md (the table), and prints the table. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import importlib.metadata
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import kafka_bench, loadgen, report
+from bench.procs import CpuMeter, rss_mb, wait_idle
+from predictflow.data import load_telco
+from tests.kafka_support import Topics
+from tests.support import (
+    ROOT,
+    BentoServer,
+    ConsumerProcess,
+    KafkaBroker,
+    RedisServer,
+    Workspace,
+    free_port,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+READY_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: tuple[int, ...]
+    rate_s: float
+    warmup_s: float
+    saturation_s: float
+    connections: int
+    check_s: float
+    kafka_messages: int
+    kafka_rate: int
+    kafka_latency_s: float
+
+
+FULL = Plan((250, 500, 1000, 1500), 30, 5, 20, 32, 10, 100_000, 1000, 30)
+QUICK = Plan((250, 1000), 5, 2, 5, 32, 5, 20_000, 1000, 5)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+# -- servers -----------------------------------------------------------------
+
+
+class Server:
+    """A server under test: its URL, its root pid, and how it stops."""
+
+    def __init__(self, url: str, pid: int, stop: Callable[[], None]) -> None:
+        self.url = url
+        self.pid = pid
+        self.stop = stop
+
+
+class Baseline:
+    """`uvicorn bench.baseline_app:app --workers 1` on a free port."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.baseline_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], started: float) -> float:
+    """Seconds from `started` until GET /readyz answers 200 (50 ms polls)."""
+    deadline = started + READY_TIMEOUT_S
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{url}: the server exited ({proc.returncode})")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url + "/readyz").status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(0.05)
+    raise TimeoutError(f"{url}/readyz not 200 after {READY_TIMEOUT_S}s")
+
+
+def start_service(ws: Workspace, name: str) -> tuple[Server, float]:
+    started = time.monotonic()
+    srv = BentoServer(ws, name)
+    try:
+        seconds = wait_ready(srv.url, srv.proc, started)
+    except Exception:
+        log(f"service {name} failed to start: {srv.logs()[-3000:]}")
+        srv.stop()
+        raise
+    return Server(srv.url, srv.proc.pid, srv.stop), seconds
+
+
+def start_baseline(ws: Workspace, name: str) -> tuple[Server, float]:
+    started = time.monotonic()
+    base = Baseline(ws.env, ws.root / f"baseline-{name}.log")
+    try:
+        seconds = wait_ready(base.url, base.proc, started)
+    except Exception:
+        base.stop()
+        log(f"baseline {name} failed: {(ws.root / f'baseline-{name}.log').read_text()}")
+        raise
+    return Server(base.url, base.proc.pid, base.stop), seconds
+
+
+# -- REST ----------------------------------------------------------------------
+
+
+def _brief(r: Mapping[str, Any]) -> str:
+    lat = r["latency_ms"]
+    return (
+        f"sent {r['send_rate']}/s p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} "
+        f"ms, errors {r['errors']}, server CPU {r.get('server_cpu_pct')}%, "
+        f"gen CPU {r['generator_cpu_pct']}%, gen lag p99 "
+        f"{r['generator_lag_ms']['p99']} ms"
+    )
+
+
+def generator_check(
+    tools: loadgen.Tools, plan: Plan, tmp: Path, ids: list[str]
+) -> dict[str, Any]:
+    """vegeta at the highest rate against a static target: does it keep up?"""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.static_target", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(url, proc, time.monotonic())
+        targets = loadgen.write_targets(tmp / "static.targets", url + "/predict", ids)
+        rate = max(plan.rates)
+        result = loadgen.constant_rate(
+            tools, targets, rate, plan.check_s, tmp, proc.pid
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log(f"generator check at {rate}/s: {_brief(result)}")
+    return result
+
+
+def same_scores(servers: Mapping[str, Server], ids: list[str]) -> bool:
+    """Do the service and the baseline answer the same (same work)?"""
+    replies = {
+        kind: [
+            httpx.post(srv.url + "/predict", json={"customer_id": c}, timeout=10).json()
+            for c in ids
+        ]
+        for kind, srv in servers.items()
+    }
+    same = replies["service"] == replies["baseline"]
+    if not same:
+        log(f"service and baseline differ: {replies}")
+    return same
+
+
+def rest_store(
+    ws: Workspace,
+    store: str,
+    tools: loadgen.Tools,
+    plan: Plan,
+    tmp: Path,
+    ids: list[str],
+) -> dict[str, Any]:
+    """Service and baseline on one online store, measured turn about."""
+    out: dict[str, Any] = {
+        "cold_start_s": {},
+        "rss_ready": {},
+        "rates": [],
+        "saturation": {},
+        "rss_after_load": {},
+    }
+    servers: dict[str, Server] = {}
+    try:
+        for kind, start in (("service", start_service), ("baseline", start_baseline)):
+            srv, seconds = start(ws, store)
+            servers[kind] = srv
+            out["cold_start_s"][kind] = round(seconds, 2)
+            out["rss_ready"][kind] = rss_mb(srv.pid)
+            log(f"{store} {kind} ready in {seconds:.2f} s at {srv.url}")
+        targets = {
+            kind: loadgen.write_targets(
+                tmp / f"{store}-{kind}.targets", srv.url + "/predict", ids
+            )
+            for kind, srv in servers.items()
+        }
+        out["same_scores"] = same_scores(servers, ids[:50])
+        for kind in servers:
+            loadgen.constant_rate(tools, targets[kind], 250, plan.warmup_s, tmp, None)
+        pids = [srv.pid for srv in servers.values()]
+        for i, rate in enumerate(plan.rates):
+            row: dict[str, Any] = {"rate": rate}
+            # Alternate who goes first, so drift does not favour one side.
+            order = ("service", "baseline") if i % 2 == 0 else ("baseline", "service")
+            for kind in order:
+                idle = wait_idle(pids)
+                result = loadgen.constant_rate(
+                    tools, targets[kind], rate, plan.rate_s, tmp, servers[kind].pid
+                )
+                result["idle_wait_s"] = idle
+                row[kind] = result
+                log(f"{store} {kind} {rate}/s: {_brief(result)}")
+            out["rates"].append(row)
+        ids_file = tmp / "ids.txt"
+        for kind in ("service", "baseline"):
+            idle = wait_idle(pids)
+            result = loadgen.saturate(
+                tools,
+                servers[kind].url + "/predict",
+                ids_file,
+                plan.saturation_s,
+                plan.connections,
+                servers[kind].pid,
+            )
+            result["idle_wait_s"] = idle
+            out["saturation"][kind] = result
+            log(
+                f"{store} {kind} saturation: {result['ok_throughput']} req/s, "
+                f"p99 {result['latency_ms']['p99']} ms, errors {result['errors']}, "
+                f"server CPU {result.get('server_cpu_pct')}%"
+            )
+        for kind, srv in servers.items():
+            out["rss_after_load"][kind] = rss_mb(srv.pid)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    return out
+
+
+# -- Kafka ---------------------------------------------------------------------
+
+
+def run_kafka(ws: Workspace, plan: Plan, tmp: Path, ids: list[str]) -> dict[str, Any]:
+    """Throughput of the standalone runner, then latency at a constant rate."""
+    broker = KafkaBroker(tmp / "kafka")
+    started = time.monotonic()
+    broker.up()
+    out: dict[str, Any] = {"broker_start_s": round(time.monotonic() - started, 1)}
+    broker_pid = int((tmp / "kafka" / "kafka.pid").read_text().strip())
+    log(f"kafka broker up at {broker.bootstrap} in {out['broker_start_s']} s")
+    runner: ConsumerProcess | None = None
+    try:
+        bootstrap = broker.bootstrap
+        topics = Topics.fresh("bench", bootstrap)
+        n = plan.kafka_messages
+        messages = list(itertools.islice(itertools.cycle(ids), n))
+        publish_s = asyncio.run(
+            kafka_bench.publish_all(bootstrap, topics.request, messages)
+        )
+        log(f"published {n:,} requests in {publish_s:.1f} s")
+
+        env = {**ws.env, **topics.env(bootstrap)}
+        spawned = time.time()
+        runner = ConsumerProcess(env, tmp / "runner.log")
+        cpu = CpuMeter(runner.proc.pid).start()
+        broker_cpu = CpuMeter(broker_pid).start()
+
+        started_runner = runner
+
+        def assigned() -> bool:
+            return "event=partitions_assigned" in started_runner.logs()
+
+        done = asyncio.run(
+            kafka_bench.watch_completion(
+                bootstrap,
+                topics.request,
+                topics.reply,
+                topics.group,
+                n,
+                assigned,
+                timeout_s=max(120.0, n / 500),
+            )
+        )
+        runner_cpu = cpu.stop()
+        broker_pct = broker_cpu.stop()["cpu_pct"]
+        first = asyncio.run(kafka_bench.first_reply_time(bootstrap, topics.reply))
+        seconds = done["done_at"] - done["assigned_at"]
+        out["throughput"] = {
+            "messages": n,
+            "partitions": kafka_bench.PARTITIONS,
+            "replies_in_topic": done["replies"],
+            "publish_msgs_per_s": round(n / publish_s, 1),
+            "startup_s": round(done["assigned_at"] - spawned, 2),
+            "seconds": round(seconds, 2),
+            "msgs_per_s": round(n / seconds, 1),
+            "msgs_per_s_from_first_reply": round(n / (done["done_at"] - first), 1),
+            "runner_cpu_pct": runner_cpu["cpu_pct"],
+            "broker_cpu_pct": broker_pct,
+            "poll_resolution_s": 0.05,
+        }
+        log(f"kafka throughput: {out['throughput']}")
+
+        ids_file = tmp / "ids.txt"
+        cpu = CpuMeter(runner.proc.pid).start()
+        broker_cpu = CpuMeter(broker_pid).start()
+        lat_out = tmp / "kafka-latency.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.kafka_bench",
+                "latency",
+                "--bootstrap",
+                bootstrap,
+                "--request-topic",
+                topics.request,
+                "--reply-topic",
+                topics.reply,
+                "--ids",
+                str(ids_file),
+                "--rate",
+                str(plan.kafka_rate),
+                "--duration",
+                str(plan.kafka_latency_s),
+                "--out",
+                str(lat_out),
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=plan.kafka_latency_s + 120,
+        )
+        out["latency_runner_cpu_pct"] = cpu.stop()["cpu_pct"]
+        out["latency_broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
+        out["latency"] = json.loads(lat_out.read_text())
+        out["runner_rss"] = rss_mb(runner.proc.pid)
+        log(f"kafka latency: {out['latency']}")
+    finally:
+        if runner is not None:
+            runner.terminate()
+        broker.down()
+    return out
+
+
+# -- the run -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_address(tmp: Path) -> Iterator[tuple[str, str]]:
+    """PREDICTFLOW_BENCH_REDIS (host:port), else a redis-server of our own."""
+    if address := os.environ.get("PREDICTFLOW_BENCH_REDIS"):
+        yield address, "PREDICTFLOW_BENCH_REDIS"
+        return
+    server = RedisServer(tmp / "redis")
+    try:
+        yield server.address, "redis-server on a free port"
+    finally:
+        server.stop()
+
+
+def _versions(tools: loadgen.Tools) -> dict[str, str]:
+    names = (
+        "bentoml",
+        "feast",
+        "fastapi",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "xgboost-cpu",
+        "aiokafka",
+        "redis",
+        "psutil",
+    )
+    out = {name: importlib.metadata.version(name) for name in names}
+    out.update(tools.versions())
+    redis_server = shutil.which("redis-server")
+    if redis_server:
+        out["redis-server"] = subprocess.run(
+            [redis_server, "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()[2]
+    return out
+
+
+def _section(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    try:
+        results[key] = fn()
+    except Exception as exc:  # noqa: BLE001 - report it, go on with the rest
+        traceback.print_exc(file=sys.stderr)
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def write(results: dict[str, Any]) -> Path:
+    results["targets"] = report.targets(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / str(results["run_id"])
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    md = report.markdown(results)
+    stem.with_suffix(".md").write_text(md)
+    (RESULTS / "latest.md").write_text(md)
+    return stem
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--only", choices=("rest", "kafka"))
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        help="reuse (or create) this workspace instead of a temporary one",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "run_id": started_at.strftime("%Y%m%dT%H%M%SZ"),
+        "mode": "quick" if args.quick else "full",
+        "started_at": started_at.isoformat(),
+        "plan": asdict(plan),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        },
+    }
+    tools = loadgen.ensure_tools()
+    results["versions"] = _versions(tools)
+    ids = load_telco()["customer_id"].tolist()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-")))
+        (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
+        if args.workspace and (args.workspace / "feature_repo").exists():
+            ws = Workspace.create(tmp / "ignored")
+            ws = Workspace(args.workspace, {**ws.env, **_workspace_env(args.workspace)})
+        else:
+            ws = Workspace.create(args.workspace or tmp / "ws")
+        redis, redis_from = stack.enter_context(redis_address(tmp))
+        redis_env = {
+            "PREDICTFLOW_FEAST__ONLINE_STORE": "redis",
+            "PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING": redis,
+        }
+        redis_ws = Workspace(ws.root, {**ws.env, **redis_env})
+        setup: dict[str, Any] = {"redis": f"{redis} ({redis_from})"}
+        for name, w in (("sqlite", ws), ("redis", redis_ws)):
+            t = time.monotonic()
+            log(f"bootstrap ({name}) in {ws.root}")
+            w.run("bootstrap")
+            setup[f"bootstrap_{name}_s"] = round(time.monotonic() - t, 1)
+        results["setup"] = setup
+        try:
+            if args.only in (None, "rest"):
+                rest: dict[str, Any] = {}
+                results["rest"] = rest
+                _section(
+                    rest,
+                    "generator_check",
+                    lambda: generator_check(tools, plan, tmp, ids),
+                )
+                for store, w in (("redis", redis_ws), ("sqlite", ws)):
+                    _section(
+                        rest,
+                        store,
+                        functools.partial(rest_store, w, store, tools, plan, tmp, ids),
+                    )
+            if args.only in (None, "kafka"):
+                _section(results, "kafka", lambda: run_kafka(redis_ws, plan, tmp, ids))
+        finally:
+            results["finished_at"] = datetime.now(UTC).isoformat()
+            results["wall_s"] = round(time.monotonic() - t0, 1)
+            stem = write(results)
+    sys.stdout.write(report.markdown(results))
+    sys.stdout.write(f"\nwrote {stem}.json and {stem}.md\n")
+    return 0
+
+
+def _workspace_env(root: Path) -> dict[str, str]:
+    return {
+        "PREDICTFLOW_DATA_DIR": str(root / "var"),
+        "PREDICTFLOW_FEAST__REPO_PATH": str(root / "feature_repo"),
+        "BENTOML_HOME": str(root / "bentoml"),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
