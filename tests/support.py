@@ -38,6 +38,17 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last!r})")
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM a process started in its own session, and its children; then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @dataclass
 class Workspace:
     """An isolated PredictFlow installation: data dir, Bento store, Feast repo."""
@@ -145,13 +156,7 @@ class BentoServer:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self._log.close()
 
 
