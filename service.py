@@ -31,6 +31,9 @@ from predictflow.settings import get_settings
 
 log = logging.getLogger("predictflow.service")
 
+#: Longest a readiness probe waits for the feature store.
+READINESS_CHECK_SECONDS = 3.0
+
 
 def _error_response(reply: ErrorReply) -> JSONResponse:
     return JSONResponse(reply.model_dump(), status_code=http_status(reply.error))
@@ -88,13 +91,15 @@ class ChurnPredictor:
         if self.kafka is not None:
             await self.kafka.stop()
 
-    def __is_ready__(self) -> bool:
+    async def __is_ready__(self) -> bool:
         """Ready once the model is loaded and the feature store has answered."""
         if not self._ready:
             try:
-                self.features.check()
-            except PredictFlowError as exc:
-                log.warning("event=not_ready reason=%r", exc.message)
+                # Bounded: a probe must answer within its own timeout.
+                async with asyncio.timeout(READINESS_CHECK_SECONDS):
+                    await asyncio.to_thread(self.features.check)
+            except (PredictFlowError, TimeoutError) as exc:
+                log.warning("event=not_ready reason=%r", exc)
                 return False
             self._ready = True
         return True

@@ -34,6 +34,18 @@ def yaml_for(settings: FeastSettings) -> Path:
     return (settings.repo_path / name).resolve()
 
 
+def redis_connection(settings: FeastSettings) -> str:
+    """The connection string with the client options it does not set itself."""
+    given = settings.redis_connection_string
+    present = {part.split("=", 1)[0] for part in given.split(",") if "=" in part}
+    extra = [
+        option
+        for option in settings.redis_client_options.split(",")
+        if "=" in option and option.split("=", 1)[0] not in present
+    ]
+    return ",".join([given, *extra])
+
+
 def open_store(settings: FeastSettings) -> Any:
     """A Feast `FeatureStore` on the configured repository and online store."""
     import os
@@ -42,8 +54,8 @@ def open_store(settings: FeastSettings) -> Any:
 
     if settings.online_store == "redis":
         # feature_store.redis.yaml reads it through Feast's ${VAR} expansion.
-        os.environ["PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"] = (
-            settings.redis_connection_string
+        os.environ["PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"] = redis_connection(
+            settings
         )
     return FeatureStore(
         repo_path=str(settings.repo_path.resolve()), fs_yaml_file=yaml_for(settings)

@@ -52,6 +52,15 @@ class FeastSettings(BaseModel):
         default="127.0.0.1:6379",
         description="Feast Redis connection string, `host:port[,db=0,password=...]`.",
     )
+    redis_client_options: str = Field(
+        default="socket_connect_timeout=1,socket_timeout=1,retry=null",
+        description=(
+            "redis-py options added to the connection string unless it sets them. "
+            "The default fails a read in about a second when Redis is down; "
+            "redis-py's own default retries with backoff for up to ~10 s, past "
+            "the service's request timeout."
+        ),
+    )
     feature_service: str = Field(
         default="churn_model_v1", description="Feast FeatureService the model reads."
     )

@@ -80,3 +80,17 @@ def test_bentofile_pins_exactly_the_project_dependencies() -> None:
     bentofile = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())
     assert bentofile["python"]["packages"] == pyproject["project"]["dependencies"]
     assert bentofile["service"] == "service:ChurnPredictor"
+
+
+def test_redis_client_options_are_added_unless_the_string_sets_them() -> None:
+    from predictflow.features import redis_connection
+    from predictflow.settings import FeastSettings
+
+    plain = FeastSettings(redis_connection_string="redis:6379,db=1")
+    assert redis_connection(plain) == (
+        "redis:6379,db=1,socket_connect_timeout=1,socket_timeout=1,retry=null"
+    )
+    own = FeastSettings(redis_connection_string="redis:6379,socket_timeout=5")
+    assert redis_connection(own) == (
+        "redis:6379,socket_timeout=5,socket_connect_timeout=1,retry=null"
+    )
