@@ -100,7 +100,7 @@ class KafkaRunner:
 
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                await runner._drain("rebalance")
+                await runner._drain()
                 for tp in revoked:
                     runner._positions.pop(tp, None)
                     metrics.get().kafka_lag.remove(tp.topic, str(tp.partition))
@@ -173,7 +173,7 @@ class KafkaRunner:
                 except Exception as exc:  # noqa: BLE001 - the loop must survive
                     await self._recover("loop", exc)
             try:
-                await asyncio.wait_for(self._drain("shutdown"), SHUTDOWN_DRAIN_SECONDS)
+                await asyncio.wait_for(self._drain(), SHUTDOWN_DRAIN_SECONDS)
             except Exception as exc:  # noqa: BLE001 - uncommitted work is redelivered
                 log.warning(
                     "event=shutdown_drain_failed error=%r: polls in flight stay "
@@ -224,7 +224,7 @@ class KafkaRunner:
             timeout_ms=s.poll_timeout_ms, max_records=s.max_batch
         )
         if not batch:
-            await self._drain("idle")
+            await self._drain()
             return
         started = time.perf_counter()
         records = [r for recs in batch.values() for r in recs]
@@ -318,7 +318,7 @@ class KafkaRunner:
                 *[tp for tp in assigned if tp in self._consumer.assignment()]
             )
 
-    async def _drain(self, why: str) -> None:
+    async def _drain(self) -> None:
         """Complete every poll in flight (acks, then commit)."""
         async with self._lock:
             while self._pending:

@@ -311,6 +311,12 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def back_to_stable(cluster: Cluster) -> None:
+    """All REST traffic to stable, then no canary pods (so no Kafka share)."""
+    cluster.set_weights(100, 0)
+    cluster.scale_canary(0)
+
+
 def rollout(
     cluster: Cluster,
     prometheus: Prometheus,
@@ -319,50 +325,32 @@ def rollout(
     thresholds: Thresholds,
     settle_s: float,
 ) -> int:
-    """Walk the steps; returns the exit code."""
+    """Walk the steps; returns the exit code. Any error sends traffic back first."""
     stable = cluster.stable_replicas()
     try:
-        return _walk(cluster, prometheus, steps, window_s, thresholds, settle_s, stable)
+        for weight in steps:
+            replicas = canary_replicas(stable, weight)
+            say(f"step {weight}%: canary weight {weight}, canary replicas {replicas}")
+            cluster.scale_canary(replicas)
+            cluster.set_weights(100 - weight, weight)
+            time.sleep(window_s + settle_s)
+            c = prometheus.stats("canary", window_s)
+            s = prometheus.stats("stable", window_s)
+            say(f"  canary {c}\n  stable {s}")
+            verdict = judge(c, s, thresholds)
+            if not verdict.healthy:
+                say(f"ROLLBACK at {weight}%: " + "; ".join(verdict.reasons))
+                back_to_stable(cluster)
+                return EXIT_ROLLED_BACK
+            say(f"  healthy at {weight}%")
+        say("PROMOTED: stable takes the canary's pod template; canary scaled to 0")
+        cluster.promote_template()
+        back_to_stable(cluster)
+        return EXIT_PROMOTED
     except Exception:
         say("ERROR during the rollout: sending all traffic back to stable")
         back_to_stable(cluster)
         raise
-
-
-def back_to_stable(cluster: Cluster) -> None:
-    """All REST traffic to stable, then no canary pods (so no Kafka share)."""
-    cluster.set_weights(100, 0)
-    cluster.scale_canary(0)
-
-
-def _walk(
-    cluster: Cluster,
-    prometheus: Prometheus,
-    steps: list[int],
-    window_s: int,
-    thresholds: Thresholds,
-    settle_s: float,
-    stable: int,
-) -> int:
-    for weight in steps:
-        replicas = canary_replicas(stable, weight)
-        say(f"step {weight}%: canary weight {weight}, canary replicas {replicas}")
-        cluster.scale_canary(replicas)
-        cluster.set_weights(100 - weight, weight)
-        time.sleep(window_s + settle_s)
-        c = prometheus.stats("canary", window_s)
-        s = prometheus.stats("stable", window_s)
-        say(f"  canary {c}\n  stable {s}")
-        verdict = judge(c, s, thresholds)
-        if not verdict.healthy:
-            say(f"ROLLBACK at {weight}%: " + "; ".join(verdict.reasons))
-            back_to_stable(cluster)
-            return EXIT_ROLLED_BACK
-        say(f"  healthy at {weight}%")
-    say("PROMOTED: stable takes the canary's pod template; canary scaled to 0")
-    cluster.promote_template()
-    back_to_stable(cluster)
-    return EXIT_PROMOTED
 
 
 def main(argv: list[str] | None = None) -> int:
