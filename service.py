@@ -1,7 +1,18 @@
 """The PredictFlow churn-scoring service (BentoML).
 
 Thin on purpose: requests are validated by the contract, scored by
-`predictflow.scoring.Scorer`, and errors mapped to HTTP in `_error_response`.
+`predictflow.scoring.Scorer` (single requests through a `MicroBatcher`, so
+concurrent ones share a feature read and a model call), and errors mapped to
+HTTP in `_error_response`.
+
+`POST /predict` is the hot path. With `serving.fast_path` on (the default) it
+is answered by `FastPredict`, an ASGI middleware added with BentoML's
+`add_asgi_middleware`: it sits inside BentoML's metrics, tracing, timeout and
+concurrency middlewares but skips the per-request API machinery (router, IO
+descriptors, context), which costs more CPU than the scoring itself. The
+`predict` API below stays the declared contract (schema, OpenAPI, BentoML
+clients) and answers the same way when the fast path is off. See README,
+"Performance".
 """
 
 from __future__ import annotations
@@ -12,10 +23,13 @@ import socket
 from pathlib import Path
 
 import bentoml
-from starlette.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.runner import KafkaRunner
-from predictflow import metrics
+from predictflow import metrics, runtime
+from predictflow.batching import MicroBatcher
 from predictflow.contract import (
     ChurnBatchRequest,
     ChurnBatchResponse,
@@ -33,16 +47,110 @@ log = logging.getLogger("predictflow.service")
 
 #: Longest a readiness probe waits for the feature store.
 READINESS_CHECK_SECONDS = 3.0
+#: Largest /predict body the fast path reads (a full request is ~1 KB).
+MAX_BODY_BYTES = 64 * 1024
+
+_SETTINGS = get_settings()
+#: BentoML service config that keeps the scoring routes out of tracing.
+_UNTRACED = {"tracing": {"excluded_urls": ["/predict"]}}
 
 
 def _error_response(reply: ErrorReply) -> JSONResponse:
     return JSONResponse(reply.model_dump(), status_code=http_status(reply.error))
 
 
+def _invalid_response(exc: ValidationError) -> JSONResponse:
+    # The shape BentoML gives a request that fails its Pydantic model.
+    return JSONResponse(
+        {
+            "error": f"{exc.error_count()} validation error for {exc.title}",
+            "detail": exc.errors(include_context=False, include_input=False),
+        },
+        status_code=400,
+    )
+
+
+async def _score_one(batcher: MicroBatcher, request: ChurnRequest) -> Response:
+    try:
+        result = await batcher.score(request)
+    except PredictFlowError as exc:
+        return _error_response(exc.to_reply())
+    if isinstance(result, ErrorReply):
+        return _error_response(result)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+class FastPredict:
+    """ASGI middleware answering `POST /predict` without BentoML's API handler.
+
+    Same contract as the `predict` API: the body is validated by
+    `ChurnRequest`, a failure is a 400 with BentoML's error shape, and errors
+    map to HTTP in `_error_response`. Anything else (other paths, other
+    methods, a non-JSON content type) goes on to BentoML unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/predict"
+            or scope["method"] != "POST"
+            or not _json_content(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            response: Response = JSONResponse(
+                {"error": f"request body over {MAX_BODY_BYTES} bytes"},
+                status_code=413,
+            )
+        else:
+            service: ChurnPredictor = bentoml.get_current_service()
+            try:
+                request = ChurnRequest.model_validate_json(body)
+            except ValidationError as exc:
+                response = _invalid_response(exc)
+            else:
+                response = await _score_one(service.batcher, request)
+        await response(scope, receive, send)
+
+
+def _json_content(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return b"json" in value
+    return True
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or None past MAX_BODY_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 @bentoml.service(
     name="churn-predictor",
+    workers=_SETTINGS.serving.workers,
     traffic={"timeout": 10},
     logging={"access": {"enabled": False}},
+    # OpenTelemetry's ASGI middleware opens spans even with no exporter: a
+    # sixth of a request's CPU. Tracing is opt-in for the scoring routes.
+    **({} if _SETTINGS.serving.trace_scoring else _UNTRACED),
 )
 class ChurnPredictor:
     """Scores customer churn risk from Feast features and the MLflow champion."""
@@ -50,7 +158,7 @@ class ChurnPredictor:
     # Declared at class scope so that `bentoml build` packs the model. The tag
     # is the one setting read at import: BentoML resolves models before the
     # workers start, so it cannot wait for __init__.
-    model_ref = bentoml.models.BentoModel(get_settings().serving.model_tag)
+    model_ref = bentoml.models.BentoModel(_SETTINGS.serving.model_tag)
 
     def __init__(self) -> None:
         settings = get_settings()
@@ -60,6 +168,9 @@ class ChurnPredictor:
         )
         self.features = OnlineFeatures.open(settings.feast)
         self.scorer = Scorer(self.features, model)
+        self.batcher = MicroBatcher(
+            self.scorer, source="rest", max_size=settings.serving.micro_batch_max
+        )
         self._ready = False
         self.kafka: KafkaRunner | None = None
         self._kafka_task: asyncio.Task[None] | None = None
@@ -72,9 +183,14 @@ class ChurnPredictor:
 
     @bentoml.on_startup
     async def start_kafka_runner(self) -> None:
-        """Start this worker's Kafka consumer when a broker is configured."""
+        """Start this worker's Kafka consumer when a broker is configured.
+
+        Then settle the garbage collector: everything loaded so far lives as
+        long as the worker, so it is frozen out of collections.
+        """
         kafka = self.settings.kafka
         if not kafka.bootstrap_servers:
+            runtime.settle_heap()
             return
         from bentoml import server_context
 
@@ -84,6 +200,7 @@ class ChurnPredictor:
         )
         # Held so the task is not garbage-collected while it runs.
         self._kafka_task = asyncio.create_task(self.kafka.serve())
+        runtime.settle_heap()
 
     @bentoml.on_shutdown
     async def stop_kafka_runner(self) -> None:
@@ -107,13 +224,7 @@ class ChurnPredictor:
     @bentoml.api
     async def predict(self, request: ChurnRequest, /) -> ChurnScore:
         """Churn probability of one customer."""
-        try:
-            (result,) = self.scorer.score([request], source="rest")
-        except PredictFlowError as exc:
-            return _error_response(exc.to_reply())  # type: ignore[return-value]
-        if isinstance(result, ErrorReply):
-            return _error_response(result)  # type: ignore[return-value]
-        return result
+        return await _score_one(self.batcher, request)  # type: ignore[return-value]
 
     @bentoml.api
     async def predict_batch(self, batch: ChurnBatchRequest, /) -> ChurnBatchResponse:
@@ -128,3 +239,7 @@ class ChurnPredictor:
         except PredictFlowError as exc:
             return _error_response(exc.to_reply())  # type: ignore[return-value]
         return ChurnBatchResponse(results=results)
+
+
+if _SETTINGS.serving.fast_path:
+    ChurnPredictor.add_asgi_middleware(FastPredict)

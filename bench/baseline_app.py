@@ -2,10 +2,12 @@
 
 Same contract, same `Scorer` over the same `OnlineFeatures` (Feast, configured
 by the same `PREDICTFLOW_*` settings) and the same `ChurnModel` from the same
-Bento store entry; run by uvicorn with one worker (uvloop and httptools, as
-BentoML's worker). What differs from `service.py` is only the framework.
+Bento store entry, behind the same `MicroBatcher`, with the same heap
+settling after start-up; run by uvicorn with as many workers as the service
+(uvloop and httptools, as BentoML's worker). What differs from `service.py`
+is only the framework.
 
-    uvicorn bench.baseline_app:app --workers 1
+    uvicorn bench.baseline_app:app --workers 2
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import bentoml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
+from predictflow import runtime
+from predictflow.batching import MicroBatcher
 from predictflow.contract import ChurnRequest, ErrorReply
 from predictflow.errors import PredictFlowError, http_status
 from predictflow.features import OnlineFeatures
@@ -28,7 +32,7 @@ from predictflow.settings import get_settings
 
 class _State:
     features: OnlineFeatures
-    scorer: Scorer
+    batcher: MicroBatcher
 
 
 state = _State()
@@ -40,7 +44,12 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     ref = bentoml.models.get(settings.serving.model_tag)
     model = ChurnModel.from_mlflow_dir(Path(ref.path_of("mlflow_model")), str(ref.tag))
     state.features = OnlineFeatures.open(settings.feast)
-    state.scorer = Scorer(state.features, model)
+    state.batcher = MicroBatcher(
+        Scorer(state.features, model),
+        source="baseline",
+        max_size=settings.serving.micro_batch_max,
+    )
+    runtime.settle_heap()
     yield
 
 
@@ -55,7 +64,7 @@ def _error(reply: ErrorReply) -> JSONResponse:
 async def predict(request: ChurnRequest) -> Response:
     # Scored on the event loop, as service.py's `async def predict` does.
     try:
-        (result,) = state.scorer.score([request], source="baseline")
+        result = await state.batcher.score(request)
     except PredictFlowError as exc:
         return _error(exc.to_reply())
     if isinstance(result, ErrorReply):

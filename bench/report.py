@@ -172,15 +172,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(results: Mapping[str, Any]) -> str:
     plan = results["plan"]
+    workers = results["machine"].get("workers", 1)
     lines = [
         f"# PredictFlow benchmark {results['run_id']} ({results['mode']})",
         "",
         f"{results['machine']['cpus']} CPUs, load average at start "
         f"{results['machine']['loadavg_start']}; wall time "
         f"{_num(results.get('wall_s'))} s. PredictFlow = `bentoml serve "
-        "service:ChurnPredictor` (1 worker); baseline = `bench/baseline_app.py` "
-        "(FastAPI on uvicorn, 1 worker, same Scorer, features and model). "
-        "Generator and servers share the machine.",
+        f"service:ChurnPredictor` ({workers} workers); baseline = "
+        f"`bench/baseline_app.py` (FastAPI on uvicorn, {workers} workers, same "
+        "Scorer, micro-batcher, features and model). Generator and servers "
+        "share the machine.",
     ]
     if results["mode"] == "quick":
         lines += [

@@ -49,6 +49,8 @@ from tests.support import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 READY_TIMEOUT_S = 180
+#: Worker processes of both servers: one per core of this 2-core machine.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Server:
 
 
 class Baseline:
-    """`uvicorn bench.baseline_app:app --workers 1` on a free port."""
+    """`uvicorn bench.baseline_app:app --workers WORKERS` on a free port."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         port = free_port()
@@ -103,7 +105,7 @@ class Baseline:
                 "--port",
                 str(port),
                 "--workers",
-                "1",
+                str(WORKERS),
                 "--no-access-log",
                 "--log-level",
                 "warning",
@@ -136,7 +138,9 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], started: float) -> float:
 
 def start_service(ws: Workspace, name: str) -> tuple[Server, float]:
     started = time.monotonic()
-    srv = BentoServer(ws, name)
+    srv = BentoServer(
+        ws, name, extra_env={"PREDICTFLOW_SERVING__WORKERS": str(WORKERS)}
+    )
     try:
         seconds = wait_ready(srv.url, srv.proc, started)
     except Exception:
@@ -468,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": asdict(plan),
         "machine": {
             "cpus": os.cpu_count(),
+            "workers": WORKERS,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         },

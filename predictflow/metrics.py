@@ -24,6 +24,8 @@ class Metrics:
 
     predictions: Counter
     feature_fetch_seconds: Histogram
+    batch_size: Histogram
+    gc_pause_seconds: Histogram
     scores: Histogram
     model_info: Gauge
     kafka_consumed: Counter
@@ -48,6 +50,18 @@ def get() -> Metrics:
             "predictflow_feature_fetch_seconds",
             "Seconds per batched online feature read.",
             buckets=_LATENCY_BUCKETS,
+        ),
+        batch_size=Histogram(
+            "predictflow_batch_size",
+            "Requests per micro-batched scoring call, by front door.",
+            ["source"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        ),
+        gc_pause_seconds=Histogram(
+            "predictflow_gc_pause_seconds",
+            "Seconds the garbage collector stopped the process, by generation.",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         ),
         scores=Histogram(
             "predictflow_churn_probability",

@@ -79,6 +79,33 @@ class ServingSettings(BaseModel):
         le=1000,
         description="Most customers one `/predict_batch` call may score.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes of `bentoml serve` (one per core you give it).",
+    )
+    fast_path: bool = Field(
+        default=True,
+        description=(
+            "Serve POST /predict from the service's ASGI middleware (same contract,"
+            " less per-request framework work); false routes it through BentoML's"
+            " API handler."
+        ),
+    )
+    trace_scoring: bool = Field(
+        default=False,
+        description=(
+            "Open a tracing span for each /predict and /predict_batch request;"
+            " off saves CPU on every request (turn on with a tracing exporter)."
+        ),
+    )
+    micro_batch_max: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most concurrent /predict requests scored in one batch.",
+    )
 
 
 class KafkaSettings(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -185,3 +187,88 @@ def test_metrics_count_what_was_served(server: BentoServer) -> None:
         if name == "predictflow_model_info" and value == 1
     ]
     assert versions and versions[0].startswith("churn-predictor:")
+
+
+async def test_concurrent_requests_each_get_their_own_reply(
+    server: BentoServer,
+) -> None:
+    """The micro-batcher scores concurrent requests together, replies stay apart."""
+    ids = [*KNOWN, "0000-NOBODY"] * 8
+    expected = {cid: predict(server, {"customer_id": cid}).json() for cid in set(ids)}
+    before = _samples(server)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        replies = await asyncio.gather(
+            *(client.post("/predict", json={"customer_id": cid}) for cid in ids)
+        )
+    assert [r.json() for r in replies] == [expected[cid] for cid in ids]
+    assert [r.status_code for r in replies] == [
+        404 if cid == "0000-NOBODY" else 200 for cid in ids
+    ]
+    after = _samples(server)
+    size_sum = ("predictflow_batch_size_sum", (("source", "rest"),))
+    size_count = ("predictflow_batch_size_count", (("source", "rest"),))
+    assert after[size_sum] - before[size_sum] == len(ids)
+    assert 1 <= after[size_count] - before[size_count] <= len(ids)
+
+
+@pytest.fixture(scope="module")
+def framework_path_server(workspace: Workspace) -> Iterator[BentoServer]:
+    """The service with the fast path off (BentoML's API handler), two workers."""
+    srv = BentoServer(
+        workspace,
+        "framework-path",
+        extra_env={
+            "PREDICTFLOW_SERVING__FAST_PATH": "false",
+            "PREDICTFLOW_SERVING__WORKERS": "2",
+        },
+    ).wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"customer_id": "7590-VHVEG"},
+        {"customer_id": "7590-VHVEG", "tenure": 3, "contract": "Two year"},
+        {"customer_id": "0000-NOBODY"},
+        {"customer_id": "7590-VHVEG", "tenure": "ten"},
+        {"customer_id": "7590-VHVEG", "surprise": True},
+        {},
+    ],
+)
+def test_fast_path_answers_as_the_bentoml_api_does(
+    server: BentoServer, framework_path_server: BentoServer, body: object
+) -> None:
+    fast = predict(server, body)
+    framework = predict(framework_path_server, body)
+    assert fast.status_code == framework.status_code, (fast.text, framework.text)
+    if fast.status_code == 400:
+        # Same shape; BentoML names the model of its IO descriptor.
+        def fields(r: httpx.Response) -> list[tuple[object, object]]:
+            return [(e["loc"], e["type"]) for e in r.json()["detail"]]
+
+        assert fields(fast) == fields(framework)
+        assert fast.json()["error"].startswith(str(len(fields(fast))))
+    else:
+        assert fast.json() == framework.json()
+
+
+def test_two_workers_serve_and_report_together(
+    framework_path_server: BentoServer,
+) -> None:
+    """Two worker processes; /metrics sums what both served."""
+    workers = [
+        p
+        for p in psutil.Process(framework_path_server.proc.pid).children(recursive=True)
+        if "--worker-id" in p.cmdline()
+    ]
+    assert len(workers) == 2
+    scored = (
+        "predictflow_predictions_total",
+        (("outcome", "scored"), ("source", "rest")),
+    )
+    before = _samples(framework_path_server).get(scored, 0.0)
+    for cid in KNOWN * 4:
+        assert predict(framework_path_server, {"customer_id": cid}).status_code == 200
+    assert _samples(framework_path_server)[scored] - before == len(KNOWN) * 4
