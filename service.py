@@ -242,4 +242,5 @@ class ChurnPredictor:
 
 
 if _SETTINGS.serving.fast_path:
-    ChurnPredictor.add_asgi_middleware(FastPredict)
+    # At run time ChurnPredictor is a bentoml Service; its stubs say the class.
+    ChurnPredictor.add_asgi_middleware(FastPredict)  # type: ignore[attr-defined]
