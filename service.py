@@ -161,6 +161,7 @@ class ChurnPredictor:
     model_ref = bentoml.models.BentoModel(_SETTINGS.serving.model_tag)
 
     def __init__(self) -> None:
+        runtime.lean_imports()
         settings = get_settings()
         self.settings = settings
         model = ChurnModel.from_mlflow_dir(

@@ -2,10 +2,10 @@
 
 Same contract, same `Scorer` over the same `OnlineFeatures` (Feast, configured
 by the same `PREDICTFLOW_*` settings) and the same `ChurnModel` from the same
-Bento store entry, behind the same `MicroBatcher`, with the same heap
-settling after start-up; run by uvicorn with as many workers as the service
-(uvloop and httptools, as BentoML's worker). What differs from `service.py`
-is only the framework.
+Bento store entry, behind the same `MicroBatcher`, with the same lean
+imports and heap settling at start-up; run by uvicorn with as many workers
+as the service (uvloop and httptools, as BentoML's worker). What differs
+from `service.py` is only the framework.
 
     uvicorn bench.baseline_app:app --workers 2
 """
@@ -40,6 +40,7 @@ state = _State()
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    runtime.lean_imports()
     settings = get_settings()
     ref = bentoml.models.get(settings.serving.model_tag)
     model = ChurnModel.from_mlflow_dir(Path(ref.path_of("mlflow_model")), str(ref.tag))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from consumers.runner import KafkaRunner
 from predictflow import log as pf_log
-from predictflow import metrics
+from predictflow import metrics, runtime
 from predictflow.features import OnlineFeatures
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
@@ -28,6 +28,8 @@ log = logging.getLogger("predictflow.kafka")
 def build_scorer(settings: Settings) -> Scorer:
     """The scorer the service would build: model from the Bento store, Feast."""
     import bentoml
+
+    runtime.lean_imports()
 
     model_ref = bentoml.models.get(settings.serving.model_tag)
     model = ChurnModel.from_mlflow_dir(

@@ -4,12 +4,49 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from typing import Any
 
 from predictflow import metrics
 
 log = logging.getLogger(__name__)
+
+
+def lean_imports() -> None:
+    """Skip import-time work a serving process never uses (call before Feast loads).
+
+    Measured on a worker start (2 cores): 9-10 s to ready before, 4-5 s after.
+
+    - Feast decorates its definition classes (FeatureView, Entity, Field...)
+      with typeguard's `@typechecked`, which re-parses and recompiles their
+      source at import: about 4 s. Those run-time argument checks guard
+      someone writing feature definitions; the serving process only reads a
+      registry written by `predictflow bootstrap` (which keeps them).
+      typeguard's own switch is `python -O` (it returns the function
+      unchanged when `__debug__` is false); this does the same for this
+      process alone, without also dropping every `assert`.
+    - xgboost imports scikit-learn (and with it much of SciPy) only to offer
+      its scikit-learn wrappers; the service scores with the `Booster`.
+      Marking `sklearn` absent (`sys.modules[name] = None`, Python's way to
+      make an import fail) saves 1-1.5 s. Training (`predictflow bootstrap`)
+      runs in its own process and keeps scikit-learn.
+
+    Does nothing for a module already imported in this process.
+    """
+    if "feast" not in sys.modules:
+        import typeguard
+
+        typeguard.typechecked = _unchecked
+    if "sklearn" not in sys.modules and "xgboost" not in sys.modules:
+        sys.modules["sklearn"] = None  # type: ignore[assignment]
+
+
+def _unchecked(target: Any = None, **_: Any) -> Any:
+    """`typeguard.typechecked` with checking off: the target unchanged."""
+    if target is None:
+        return lambda f: f
+    return target
 
 
 def settle_heap() -> None:

@@ -1,0 +1,58 @@
+"""Process tuning of the serving processes: lean imports, a settled heap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from predictflow import metrics, runtime
+
+
+def test_lean_imports_leave_scoring_working_without_sklearn() -> None:
+    # In a child process: it changes how this interpreter imports.
+    code = textwrap.dedent(
+        """
+        from predictflow import runtime
+        runtime.lean_imports()
+        import numpy as np
+        import typeguard
+        import xgboost as xgb
+
+        def f(x: int) -> int:
+            return x
+        assert typeguard.typechecked(f) is f
+        try:
+            import sklearn
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("sklearn imported")
+        from feast import FeatureStore, FeatureView
+        x = np.random.default_rng(0).random((64, 3))
+        booster = xgb.train({"nthread": 1}, xgb.DMatrix(x, label=x[:, 0]), 3)
+        assert booster.inplace_predict(x).shape == (64,)
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_settle_heap_freezes_and_times_collections() -> None:
+    import gc
+
+    try:
+        runtime.settle_heap()
+        assert gc.get_freeze_count() > 0
+        hist = metrics.get().gc_pause_seconds.labels("0")
+        before = hist._sum.get()
+        gc.collect(0)
+        assert hist._sum.get() > before
+    finally:
+        gc.unfreeze()
+        if runtime._observe_pause in gc.callbacks:
+            gc.callbacks.remove(runtime._observe_pause)
