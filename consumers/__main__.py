@@ -14,6 +14,8 @@ import signal
 import socket
 from pathlib import Path
 
+import uvloop
+
 from consumers.runner import KafkaRunner
 from predictflow import log as pf_log
 from predictflow import metrics, runtime
@@ -60,4 +62,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # uvloop, as in the service's workers: less CPU per record on the network.
+    uvloop.run(main())
