@@ -155,9 +155,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 class ChurnPredictor:
     """Scores customer churn risk from Feast features and the MLflow champion."""
 
-    # Declared at class scope so that `bentoml build` packs the model. The tag
-    # is the one setting read at import: BentoML resolves models before the
-    # workers start, so it cannot wait for __init__.
+    # Declared at class scope so that `bentoml build` packs the model. The tag,
+    # like the service config above (workers, tracing) and the fast path, is
+    # read at import: BentoML resolves models and config before the workers
+    # start, so they cannot wait for __init__.
     model_ref = bentoml.models.BentoModel(_SETTINGS.serving.model_tag)
 
     def __init__(self) -> None:

@@ -53,9 +53,15 @@ def rss_mb(pid: int) -> dict[str, object]:
     """RSS of a server's processes: the supervisor and each worker (MB)."""
     processes: list[dict[str, object]] = []
     workers: list[float] = []
-    for p in tree(pid):
+    procs = tree(pid)
+    spawned = False
+    for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
-            role, rss = _role(p, pid), round(p.memory_info().rss / 2**20, 1)
+            spawned = spawned or _is_worker(" ".join(p.cmdline()))
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            role = _role(p, pid, spawned)
+            rss = round(p.memory_info().rss / 2**20, 1)
             processes.append({"pid": p.pid, "role": role, "rss_mb": rss})
             if role == "worker":
                 workers.append(rss)
@@ -65,14 +71,19 @@ def rss_mb(pid: int) -> dict[str, object]:
     }
 
 
-def _role(p: psutil.Process, root: int) -> str:
-    cmd = " ".join(p.cmdline())
-    if "_bentoml_impl.worker" in cmd:
+def _is_worker(cmd: str) -> bool:
+    # BentoML's workers; uvicorn's (--workers N > 1, multiprocessing spawn).
+    return "_bentoml_impl.worker" in cmd or "spawn_main" in cmd
+
+
+def _role(p: psutil.Process, root: int, spawned_workers: bool) -> str:
+    if _is_worker(" ".join(p.cmdline())):
         return "worker"
-    if p.pid == root and "bentoml" in cmd:
-        return "supervisor"
-    # A single-process server (uvicorn --workers 1, the runner) is its worker.
-    return "worker" if p.pid == root else "other"
+    if p.pid == root:
+        # A process that spawned workers supervises; else it is the worker
+        # (uvicorn --workers 1, the Kafka runner).
+        return "supervisor" if spawned_workers else "worker"
+    return "other"
 
 
 def wait_child(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, float]:
@@ -138,3 +149,18 @@ class MachineMeter:
             "busy_pct": round(100 * busy / total, 1),
             "steal_pct": round(100 * steal / total, 1),
         }
+
+
+def wait_machine_quiet(below_pct: float = 20.0, timeout_s: float = 20.0) -> float:
+    """Wait until the whole machine is under `below_pct` % busy over 0.5 s.
+
+    Before a cold start: what the previous phase left exiting (servers, the
+    broker) would otherwise be timed with it. Returns the seconds waited.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        meter = MachineMeter().start()
+        time.sleep(0.5)
+        if meter.stop()["busy_pct"] < below_pct:
+            break
+    return round(time.monotonic() - started, 1)

@@ -275,28 +275,30 @@ def markdown(results: Mapping[str, Any]) -> str:
             rows,
         )
         sat_rows = []
-        for kind in ("service", "baseline"):
-            r = s["saturation"].get(kind)
-            if not r:
-                continue
-            sat_rows.append(
-                [
-                    kind,
-                    _num(r["ok_throughput"]),
-                    _num(r["latency_ms"]["p50"], 2),
-                    _num(r["latency_ms"]["p99"], 2),
-                    _num(r["latency_ms"]["max"], 2),
-                    str(r["errors"]),
-                    _num(r.get("server_cpu_pct")),
-                    _num(r.get("server_cpu_ms_per_request"), 2),
-                    _num(r["generator_cpu_pct"]),
-                    _num((r.get("machine") or {}).get("steal_pct")),
-                ]
-            )
+        for i, rnd in enumerate(s.get("saturation_rounds") or [s["saturation"]]):
+            for kind in ("service", "baseline"):
+                r = rnd.get(kind)
+                if not r or "latency_ms" not in r:
+                    continue
+                sat_rows.append(
+                    [
+                        f"{kind} (round {i + 1})",
+                        _num(r["ok_throughput"]),
+                        _num(r["latency_ms"]["p50"], 2),
+                        _num(r["latency_ms"]["p99"], 2),
+                        _num(r["latency_ms"]["max"], 2),
+                        str(r["errors"]),
+                        _num(r.get("server_cpu_pct")),
+                        _num(r.get("server_cpu_ms_per_request"), 2),
+                        _num(r["generator_cpu_pct"]),
+                        _num((r.get("machine") or {}).get("steal_pct")),
+                    ]
+                )
         lines += [
             "",
-            f"Saturation, {plan['saturation_s']} s (wrk, 1 thread, "
-            f"{plan['connections']} connections):",
+            f"Saturation, {plan['saturation_s']} s per round (wrk, 1 thread, "
+            f"{plan['connections']} connections); the targets use the mean of "
+            "the rounds:",
             "",
         ]
         lines += _table(
