@@ -100,7 +100,8 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         cs = s.get("cold_start_s", {})
         rows.append(
             {
-                "target": f"REST {store}: cold start (start → /readyz 200)",
+                "target": f"REST {store}: cold start (start → /readyz 200, "
+                "median of starts)",
                 "measured": f"{_num(cs.get('service'), 2)} s",
                 "baseline": f"{_num(cs.get('baseline'), 2)} s",
                 "ratio": _ratio(cs.get("service"), cs.get("baseline")),

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 READY_TIMEOUT_S = 180
 #: Worker processes of both servers: one per core of this 2-core machine.
 WORKERS = 2
+#: Starts per server for the cold-start figure (their median).
+COLD_STARTS = 3
 
 
 @dataclass(frozen=True)
@@ -235,13 +238,22 @@ def rest_store(
     }
     servers: dict[str, Server] = {}
     try:
+        # Cold start: COLD_STARTS starts on a quiet machine, the median is the
+        # figure (single starts here ranged 3.6-6.5 s for the same build);
+        # the last one stays up for the load phases.
+        out["cold_start_runs_s"] = {}
         for kind, start in (("service", start_service), ("baseline", start_baseline)):
-            out.setdefault("quiet_wait_s", {})[kind] = wait_machine_quiet()
-            srv, seconds = start(ws, store)
+            runs = out["cold_start_runs_s"][kind] = []
+            for i in range(COLD_STARTS):
+                wait_machine_quiet()
+                srv, seconds = start(ws, store)
+                runs.append(round(seconds, 2))
+                log(f"{store} {kind} ready in {seconds:.2f} s at {srv.url}")
+                if i < COLD_STARTS - 1:
+                    srv.stop()
             servers[kind] = srv
-            out["cold_start_s"][kind] = round(seconds, 2)
+            out["cold_start_s"][kind] = statistics.median(runs)
             out["rss_ready"][kind] = rss_mb(srv.pid)
-            log(f"{store} {kind} ready in {seconds:.2f} s at {srv.url}")
         targets = {
             kind: loadgen.write_targets(
                 tmp / f"{store}-{kind}.targets", srv.url + "/predict", ids
