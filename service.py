@@ -191,17 +191,17 @@ class ChurnPredictor:
         long as the worker, so it is frozen out of collections.
         """
         kafka = self.settings.kafka
-        if not kafka.bootstrap_servers:
-            runtime.settle_heap()
-            return
-        from bentoml import server_context
+        if kafka.bootstrap_servers:
+            from bentoml import server_context
 
-        instance = kafka.instance_id or socket.gethostname()
-        self.kafka = KafkaRunner(
-            self.scorer, kafka, instance=f"{instance}-w{server_context.worker_index}"
-        )
-        # Held so the task is not garbage-collected while it runs.
-        self._kafka_task = asyncio.create_task(self.kafka.serve())
+            instance = kafka.instance_id or socket.gethostname()
+            self.kafka = KafkaRunner(
+                self.scorer,
+                kafka,
+                instance=f"{instance}-w{server_context.worker_index}",
+            )
+            # Held so the task is not garbage-collected while it runs.
+            self._kafka_task = asyncio.create_task(self.kafka.serve())
         runtime.settle_heap()
 
     @bentoml.on_shutdown
