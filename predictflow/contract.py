@@ -105,7 +105,10 @@ class ChurnRequest(CustomerFeatures):
 
     def overrides(self) -> dict[str, object]:
         """The request-time feature values that were given (not None)."""
-        return self.model_dump(exclude={"customer_id"}, exclude_none=True)
+        given = self.model_fields_set - {"customer_id"}
+        if not given:  # the usual request: a customer id alone
+            return {}
+        return self.model_dump(include=given, exclude_none=True)
 
 
 class ChurnScore(_Strict):

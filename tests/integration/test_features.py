@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from predictflow import features as features_module
 from predictflow.data import load_telco
-from predictflow.features import OnlineFeatures, _DirectRead
+from predictflow.features import OnlineFeatures, _DirectRead, _RedisDirectRead
 from predictflow.settings import FeastSettings
 from tests.support import Workspace
 
@@ -29,8 +30,13 @@ def features(request: pytest.FixtureRequest, workspace: Workspace) -> OnlineFeat
     return OnlineFeatures.open(settings)
 
 
-def test_direct_read_equals_get_online_features(features: OnlineFeatures) -> None:
-    assert features._direct is not None  # ttl 0: the direct read is in use
+def test_direct_read_equals_get_online_features(
+    features: OnlineFeatures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ttl 0: the direct read is in use; on Redis, the one that decodes the
+    # hash fields itself.
+    redis = features.store.config.online_store.type == "redis"
+    assert type(features._direct) is (_RedisDirectRead if redis else _DirectRead)
     ids = load_telco()["customer_id"].tolist()
     # Every customer, a blank TotalCharges one, unknowns, and a repeat.
     ids = [*ids, "0000-NOBODY", "4472-LVYGI", ids[0], "9999-NEVER"]
@@ -42,11 +48,21 @@ def test_direct_read_equals_get_online_features(features: OnlineFeatures) -> Non
     assert direct[-4] is None and direct[-1] is None
     assert sum(row is not None for row in direct) == len(ids) - 2
     # Same Python types, not only equal values (True == 1, 1 == 1.0).
-    for got, want in zip(direct[:50], expected[:50], strict=True):
-        assert got is not None and want is not None
+    for got, want in zip(direct, expected, strict=True):
+        if want is None:
+            continue
+        assert got is not None
         assert {k: type(v) for k, v in got.items()} == {
             k: type(v) for k, v in want.items()
         }
+    # Read again: values now come from the decoded-value memo (Redis) ...
+    assert features.get(ids) == expected
+    # ... and from one that keeps clearing itself when it is full.
+    monkeypatch.setattr(features_module, "_KNOWN_VALUES", 8)
+    if isinstance(features._direct, _RedisDirectRead):
+        features._direct._known.clear()
+        assert features.get(ids) == expected
+        assert 0 < len(features._direct._known) <= 8
 
 
 def test_views_that_expire_rows_fall_back_to_get_online_features() -> None:
