@@ -145,12 +145,27 @@ class KafkaSettings(BaseModel):
         default=200, ge=1, description="Longest wait for records in one poll."
     )
     max_in_flight_batches: int = Field(
-        default=2,
+        default=4,
         ge=1,
         description=(
-            "Scored batches whose replies may await broker acks at once; past "
-            "this the runner pauses its partitions (bounded memory)."
+            "Scored polls whose replies may await broker acks at once; past "
+            "this the runner waits for the oldest (bounded memory)."
         ),
+    )
+    fetch_min_bytes: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Bytes the broker gathers before it answers a fetch (Kafka's "
+            "fetch.min.bytes). 1: each request is fetched as it arrives. "
+            "Raised (e.g. 16384 with fetch_max_wait_ms 5), several runners at a "
+            "low rate make fewer fetches, polls and commits, at a few ms each."
+        ),
+    )
+    fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="Longest the broker holds a fetch for fetch_min_bytes.",
     )
     exactly_once: bool = Field(
         default=False,

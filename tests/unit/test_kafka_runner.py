@@ -1,0 +1,167 @@
+"""The runner's own logic with the broker faked: partitioning, batching, commits.
+
+The broker-facing behaviour (at-least-once under SIGKILL, rebalances, broker
+restarts) is tested against a real Kafka in tests/integration/test_kafka.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from consumers import handler
+from consumers.runner import KafkaRunner, _InFlight
+from predictflow.settings import KafkaSettings
+
+
+def runner() -> KafkaRunner:
+    return KafkaRunner(
+        scorer=None,  # type: ignore[arg-type]  # not used by these paths
+        settings=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+    )
+
+
+def test_partition_is_the_default_partitioners() -> None:
+    r = runner()
+    default = DefaultPartitioner()
+    keys = [f"{i:04d}-ABCDE".encode() for i in range(500)] + [b"", b"x" * 100]
+    for count in (1, 3, 6, 7):
+        parts = list(range(count))
+        for _ in range(2):  # the second pass reads the remembered hashes
+            for key in keys:
+                assert r._partition(key, parts) == default(key, parts, parts)
+    assert r._partition(None, [4, 5]) in (4, 5)
+
+
+@dataclass
+class FakeBatch:
+    capacity: int
+    records: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+
+    def append(self, *, timestamp: Any, key: Any, value: Any, headers: Any) -> Any:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class FakeProducer:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2} if topic == "replies" else {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.capacity)
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, batch.records))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def outgoing(topic: str, i: int) -> handler.Outgoing:
+    return handler.Outgoing(
+        topic=topic,
+        key=f"{i:04d}-KEY".encode(),
+        value=f"value {i}".encode(),
+        headers=[],
+        kind="score",
+    )
+
+
+async def test_send_all_batches_per_partition_in_order_and_splits_full_ones() -> None:
+    r = runner()
+    r._producer = FakeProducer(capacity=4)
+    records = [outgoing("replies", i) for i in range(40)] + [outgoing("dlq", 99)]
+    acks = await r._send_all(records)
+
+    assert len(acks) == len(r._producer.sent)
+    assert all(len(batch) <= 4 for _, _, batch in r._producer.sent)
+    default = DefaultPartitioner()
+    per_partition: dict[tuple[str, int], list[bytes | None]] = {}
+    for topic, partition, batch in r._producer.sent:
+        per_partition.setdefault((topic, partition), []).extend(v for _, v in batch)
+        for key, _ in batch:
+            parts = [0, 1, 2] if topic == "replies" else [0]
+            assert partition == default(key, parts, parts)
+    # Every record once, in its original order within its partition.
+    for (topic, _), values in per_partition.items():
+        expected = [o.value for o in records if o.topic == topic and o.value in values]
+        assert values == expected
+    assert sum(len(v) for v in per_partition.values()) == len(records)
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[Any, int]] = []
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def poll(offset: int) -> tuple[_InFlight, asyncio.Future[None]]:
+    ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return _InFlight({"tp": offset}, [ack], 1, 0.0), ack
+
+
+async def settle() -> None:
+    """Let the committer run until it waits again."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_commits_follow_acks_in_poll_order() -> None:
+    r = runner()
+    r._consumer = FakeConsumer()
+    committer = asyncio.create_task(r._commit_loop())
+    try:
+        (first, ack1), (second, ack2), (third, ack3) = poll(10), poll(20), poll(30)
+        r._pending.extend([first, second, third])
+        r._produced.set()
+        # The second poll is acknowledged first: nothing may be committed
+        # before the first is.
+        ack2.set_result(None)
+        await settle()
+        assert r._consumer.commits == []
+        ack1.set_result(None)
+        await settle()
+        # One commit for both acknowledged polls, none past the third.
+        assert r._consumer.commits == [{"tp": 20}]
+        ack3.set_result(None)
+        r._produced.set()
+        await settle()
+        assert r._consumer.commits == [{"tp": 20}, {"tp": 30}]
+        assert not r._pending
+    finally:
+        committer.cancel()
+
+
+async def test_a_failed_ack_is_handed_to_the_loop_and_nothing_after_it_commits() -> (
+    None
+):
+    r = runner()
+    r._consumer = FakeConsumer()
+    committer = asyncio.create_task(r._commit_loop())
+    try:
+        (first, ack1), (second, ack2) = poll(10), poll(20)
+        r._pending.extend([first, second])
+        r._produced.set()
+        ack2.set_result(None)
+        ack1.set_exception(RuntimeError("broker said no"))
+        await settle()
+        assert r._consumer.commits == []
+        with pytest.raises(RuntimeError, match="broker said no"):
+            r._raise_failure()
+        r._raise_failure()  # handed over once
+    finally:
+        committer.cancel()
