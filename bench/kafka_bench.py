@@ -1,9 +1,10 @@
 """Kafka figures: sustained throughput of the runner, request->reply latency.
 
-Throughput: N requests are published first; then the standalone runner starts,
-and the clock runs from its partition assignment until every reply is in the
-reply topic (acknowledged) and the group's committed offsets reach the end of
-every request partition.
+Throughput: N requests are published first; then the standalone runners
+start, and the clock runs from the moment every runner owns its partitions
+until every reply is in the reply topic (acknowledged) and the group's
+committed offsets reach the end of every request partition; requests
+committed before that moment are not counted.
 
 Latency: this module run as its own process (`python -m bench.kafka_bench
 latency ...`) publishes at a constant rate and reads the replies; a reply's
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import resource
 import sys
 import time
@@ -76,68 +78,73 @@ async def _committed(
     }
 
 
+_ASSIGNED = re.compile(
+    r"event=partitions_assigned instance=\S+ partitions=\[([\d, ]*)\]"
+)
+
+
+def assignment_complete(logs: Sequence[str], partitions: int) -> bool:
+    """True when the runners' latest assignments cover every partition once.
+
+    `logs` holds each runner's log. While the group rebalances, a runner's
+    latest line still names its old partitions, so they overlap or fall short.
+    """
+    owned: list[int] = []
+    for text in logs:
+        found = _ASSIGNED.findall(text)
+        if not found:
+            return False
+        owned += [int(p) for p in found[-1].split(",") if p.strip()]
+    return sorted(owned) == list(range(partitions))
+
+
 async def watch_completion(
     bootstrap: str,
     request_topic: str,
     reply_topic: str,
     group: str,
     expected_replies: int,
-    assigned: Callable[[], bool],
+    ready: Callable[[], bool],
     timeout_s: float,
 ) -> dict[str, float]:
     """Poll (every 50 ms) until replies and committed offsets are complete.
 
-    Returns wall-clock times (time.time()) of the runner's partition
-    assignment (as seen in its log) and of completion.
+    Returns wall-clock times (time.time()) of the moment `ready()` first held
+    (every runner owns its partitions) and of completion, and the requests
+    already committed when it held: with several runners the first may start
+    before the others join, and what it did alone is not counted.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()
     await admin.start()
-    t_assigned: float | None = None
+    t_ready: float | None = None
+    committed_at_ready = 0
     try:
         request_ends = await _end_offsets(consumer, request_topic)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             now = time.time()
-            if t_assigned is None and assigned():
-                t_assigned = now
+            if t_ready is None and ready():
+                t_ready = now
+                committed_at_ready = sum(
+                    (await _committed(admin, group, request_topic)).values()
+                )
             replies = sum((await _end_offsets(consumer, reply_topic)).values())
-            if replies >= expected_replies:
+            if t_ready is not None and replies >= expected_replies:
                 committed = await _committed(admin, group, request_topic)
                 if all(committed.get(p, -1) >= end for p, end in request_ends.items()):
                     return {
-                        "assigned_at": t_assigned or now,
+                        "ready_at": t_ready,
                         "done_at": time.time(),
                         "replies": replies,
+                        "committed_at_ready": committed_at_ready,
                     }
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"runner did not finish within {timeout_s:.0f}s")
+        raise TimeoutError(f"runners did not finish within {timeout_s:.0f}s")
     finally:
         await consumer.stop()
         await admin.close()
-
-
-async def first_reply_time(bootstrap: str, reply_topic: str) -> float:
-    """Earliest reply record timestamp (the runner's send time), time.time()."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await _end_offsets(consumer, reply_topic)
-        tps = [TopicPartition(reply_topic, p) for p, end in ends.items() if end > 0]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        first: dict[int, int] = {}
-        deadline = time.monotonic() + 30
-        while len(first) < len(tps) and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=1)
-            for tp, records in batch.items():
-                if records and tp.partition not in first:
-                    first[tp.partition] = records[0].timestamp
-                    consumer.pause(tp)
-        return min(first.values()) / 1000
-    finally:
-        await consumer.stop()
 
 
 # -- latency: a separate process -------------------------------------------

@@ -126,35 +126,59 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         )
     k = results.get("kafka") or {}
     if k and "error" not in k:
-        tp = k.get("throughput", {}).get("msgs_per_s")
+        t = k.get("throughput", {})
+        tp = t.get("msgs_per_s")
+        runs = k.get("throughput_runs") or [t]
+        one = next((r for r in runs if r.get("runners") == 1 and r is not t), None)
+        one_tp = None if one is None else one.get("msgs_per_s")
         rows.append(
             {
-                "target": "Kafka: sustained throughput (6 partitions, 1 runner)",
+                "target": "Kafka: sustained throughput "
+                f"({t.get('partitions', 'n/a')} partitions, "
+                f"{t.get('runners', 1)} runner process(es))",
                 "measured": f"{_num(tp)} msg/s",
-                "baseline": "n/a",
-                "ratio": "n/a",
+                "baseline": "n/a"
+                if one_tp is None
+                else f"1 runner: {_num(one_tp)} msg/s",
+                "ratio": "n/a" if one_tp is None else _ratio(tp, one_tp),
                 "goal": f"≥ {KAFKA_THROUGHPUT:,} msg/s",
                 "met": None if tp is None else tp >= KAFKA_THROUGHPUT,
             }
         )
         lat = k.get("latency", {})
         p99 = (lat.get("latency_ms") or {}).get("p99")
+        other = next(
+            (
+                r
+                for r in k.get("latency_runs") or []
+                if r["runners"] != k.get("latency_runners")
+            ),
+            None,
+        )
+        one_p99 = ((other or {}).get("latency", {}).get("latency_ms") or {}).get("p99")
         rows.append(
             {
-                "target": f"Kafka: request→reply at {lat.get('rate', 0):,} msg/s",
+                "target": f"Kafka: request→reply at {lat.get('rate', 0):,} msg/s "
+                f"({k.get('latency_runners', 1)} runner process(es))",
                 "measured": f"P99 {_num(p99)} ms, {lat.get('missing', 'n/a')} missing",
-                "baseline": "n/a",
-                "ratio": "n/a",
+                "baseline": f"{other['runners']} runners: P99 {_num(one_p99)} ms"
+                if other is not None and one_p99 is not None
+                else "n/a",
+                "ratio": _ratio(p99, one_p99) if one_p99 is not None else "n/a",
                 "goal": f"P99 < {KAFKA_P99_MS:.0f} ms",
                 "met": None
                 if p99 is None
                 else p99 < KAFKA_P99_MS and not lat["missing"],
             }
         )
-        rss = (k.get("runner_rss") or {}).get("worker_rss_mb_max")
+        rss_runs = k.get("runner_rss") or []
+        if isinstance(rss_runs, dict):  # results written before several runners
+            rss_runs = [rss_runs]
+        sizes = [r.get("worker_rss_mb_max") for r in rss_runs]
+        rss = max((x for x in sizes if x is not None), default=None)
         rows.append(
             {
-                "target": "Kafka: RSS of the standalone runner (after load)",
+                "target": "Kafka: RSS per standalone runner (after load)",
                 "measured": f"{_num(rss)} MB",
                 "baseline": "n/a",
                 "ratio": "n/a",
@@ -323,27 +347,45 @@ def markdown(results: Mapping[str, Any]) -> str:
         if "error" in k:
             lines.append(f"Failed: `{k['error']}`")
         else:
-            t, lat = k["throughput"], k["latency"]
+            lat = k["latency"]
             lines += [
-                f"- Throughput: {t['messages']:,} requests published first "
-                f"({_num(t['publish_msgs_per_s'])} msg/s), then the runner started; "
-                f"{_num(t['msgs_per_s'])} msg/s from partition assignment to the "
-                f"last committed offset ({_num(t['seconds'], 2)} s), "
-                f"{_num(t['msgs_per_s_from_first_reply'])} msg/s from the first "
-                f"reply; runner CPU {_num(t['runner_cpu_pct'])} %, broker CPU "
-                f"{_num(t.get('broker_cpu_pct'))} %; start → "
-                f"assignment {_num(t['startup_s'], 2)} s.",
-                f"- Latency at {lat['rate']:,} msg/s for {lat['duration_s']} s "
-                f"(separate producer/consumer process): P50 "
-                f"{_num(lat['latency_ms']['p50'], 2)} / P99 "
-                f"{_num(lat['latency_ms']['p99'], 2)} / max "
-                f"{_num(lat['latency_ms']['max'], 2)} ms from the scheduled send "
-                f"(P99 {_num(lat['latency_from_send_ms']['p99'], 2)} ms from the "
-                f"actual send); {lat['replied']:,} of "
-                f"{lat['sent']:,} replied, {lat['duplicates']} duplicates; producer "
-                f"lag P99 {_num(lat['send_lag_ms']['p99'], 2)} ms; runner CPU "
-                f"{_num(k.get('latency_runner_cpu_pct'))} %, broker CPU "
-                f"{_num(k.get('latency_broker_cpu_pct'))} %, client CPU "
-                f"{_num(lat['client_cpu_pct'])} %.",
+                f"- Throughput with {t['runners']} runner process(es): "
+                f"{t['messages']:,} requests published first "
+                f"({_num(t['publish_msgs_per_s'])} msg/s), then the runners "
+                f"started; {_num(t['msgs_per_s'])} msg/s from the moment every "
+                f"runner owned its partitions ({_num(t['startup_s'], 2)} s after "
+                f"start; {t['committed_before_ready']:,} requests committed "
+                f"before it are not counted) to the last committed offset "
+                f"({_num(t['seconds'], 2)} s); runner CPU "
+                f"{_num(t['runner_cpu_pct'])} % (summed), broker CPU "
+                f"{_num(t.get('broker_cpu_pct'))} %."
+                for t in k.get("throughput_runs") or [k["throughput"]]
+                if "committed_before_ready" in t
+            ]
+            runs = k.get("latency_runs") or [
+                {
+                    "runners": k.get("latency_runners", 1),
+                    "latency": lat,
+                    "runner_cpu_pct": k.get("latency_runner_cpu_pct"),
+                    "broker_cpu_pct": k.get("latency_broker_cpu_pct"),
+                }
+            ]
+            lines += [
+                f"- Latency at {r['latency']['rate']:,} msg/s for "
+                f"{r['latency']['duration_s']} s with {r['runners']} runner "
+                f"process(es) (separate producer/consumer process): P50 "
+                f"{_num(r['latency']['latency_ms']['p50'], 2)} / P99 "
+                f"{_num(r['latency']['latency_ms']['p99'], 2)} / max "
+                f"{_num(r['latency']['latency_ms']['max'], 2)} ms from the "
+                f"scheduled send (P99 "
+                f"{_num(r['latency']['latency_from_send_ms']['p99'], 2)} ms from "
+                f"the actual send); {r['latency']['replied']:,} of "
+                f"{r['latency']['sent']:,} replied, "
+                f"{r['latency']['duplicates']} duplicates; producer lag P99 "
+                f"{_num(r['latency']['send_lag_ms']['p99'], 2)} ms; runner CPU "
+                f"{_num(r.get('runner_cpu_pct'))} % (summed), broker CPU "
+                f"{_num(r.get('broker_cpu_pct'))} %, client CPU "
+                f"{_num(r['latency']['client_cpu_pct'])} %."
+                for r in runs
             ]
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,36 @@ class Plan:
     kafka_messages: int
     kafka_rate: int
     kafka_latency_s: float
+    #: Standalone runners (one process each) measured, in order; the last is
+    #: the deployment the targets are read on: one runner per core.
+    kafka_runners: tuple[int, ...]
+    #: Requests put through the broker and runners first, not measured: a
+    #: fresh broker's JIT compiles its hot paths for the first minute or so,
+    #: on the cores the runners need (a broker in service is long warm).
+    kafka_warmup: int
+    #: Seconds of the constant-rate client before each latency run, not
+    #: measured: its one-record produce requests are a path of their own,
+    #: which a fresh broker took 30-40 s to compile (broker CPU at 1,000
+    #: msg/s fell from 105 % to 45 %, P99 from 101 ms to 26-31 ms).
+    kafka_latency_warmup_s: float
 
 
-FULL = Plan((250, 500, 1000, 1500), 30, 5, 20, 3, 32, 10, 100_000, 1000, 30)
-QUICK = Plan((250, 1000), 5, 2, 5, 1, 32, 5, 20_000, 1000, 5)
+FULL = Plan(
+    (250, 500, 1000, 1500),
+    30,
+    5,
+    20,
+    3,
+    32,
+    10,
+    300_000,
+    1000,
+    30,
+    (1, 2),
+    150_000,
+    30,
+)
+QUICK = Plan((250, 1000), 5, 2, 5, 1, 32, 5, 100_000, 1000, 5, (1, 2), 60_000, 15)
 
 
 def log(message: str) -> None:
@@ -321,105 +347,198 @@ def rest_store(
 
 
 def run_kafka(ws: Workspace, plan: Plan, tmp: Path, ids: list[str]) -> dict[str, Any]:
-    """Throughput of the standalone runner, then latency at a constant rate."""
+    """For 1..N standalone runners: throughput, then latency at a constant rate.
+
+    Each runner count gets fresh topics and its own runner processes. The
+    throughput target is read on the most runners, the latency target on the
+    fewest; the other count's figure is reported beside each.
+    """
     broker = KafkaBroker(tmp / "kafka")
     started = time.monotonic()
     broker.up()
     out: dict[str, Any] = {"broker_start_s": round(time.monotonic() - started, 1)}
     broker_pid = int((tmp / "kafka" / "kafka.pid").read_text().strip())
     log(f"kafka broker up at {broker.bootstrap} in {out['broker_start_s']} s")
-    runner: ConsumerProcess | None = None
+    runners: list[ConsumerProcess] = []
     try:
         bootstrap = broker.bootstrap
-        topics = Topics.fresh("bench", bootstrap)
-        n = plan.kafka_messages
-        messages = list(itertools.islice(itertools.cycle(ids), n))
-        publish_s = asyncio.run(
-            kafka_bench.publish_all(bootstrap, topics.request, messages)
+        warmup = replace(plan, kafka_messages=plan.kafka_warmup)
+        out["warmup"] = _kafka_throughput(
+            ws,
+            warmup,
+            tmp,
+            ids,
+            bootstrap,
+            Topics.fresh("warmup", bootstrap),
+            max(plan.kafka_runners),
+            broker_pid,
+            runners,
         )
-        log(f"published {n:,} requests in {publish_s:.1f} s")
-
-        env = {**ws.env, **topics.env(bootstrap)}
-        spawned = time.time()
-        runner = ConsumerProcess(env, tmp / "runner.log")
-        cpu = CpuMeter(runner.proc.pid).start()
-        broker_cpu = CpuMeter(broker_pid).start()
-
-        started_runner = runner
-
-        def assigned() -> bool:
-            return "event=partitions_assigned" in started_runner.logs()
-
-        done = asyncio.run(
-            kafka_bench.watch_completion(
-                bootstrap,
-                topics.request,
-                topics.reply,
-                topics.group,
-                n,
-                assigned,
-                timeout_s=max(120.0, n / 500),
+        log(f"kafka warm-up (not measured): {out['warmup']}")
+        while runners:
+            runners.pop().terminate()
+        out["throughput_runs"] = []
+        out["latency_runs"] = []
+        for count in plan.kafka_runners:
+            topics = Topics.fresh(f"bench{count}", bootstrap)
+            result = _kafka_throughput(
+                ws, plan, tmp, ids, bootstrap, topics, count, broker_pid, runners
             )
-        )
-        runner_cpu = cpu.stop()
-        broker_pct = broker_cpu.stop()["cpu_pct"]
-        first = asyncio.run(kafka_bench.first_reply_time(bootstrap, topics.reply))
-        seconds = done["done_at"] - done["assigned_at"]
-        out["throughput"] = {
-            "messages": n,
-            "partitions": kafka_bench.PARTITIONS,
-            "replies_in_topic": done["replies"],
-            "publish_msgs_per_s": round(n / publish_s, 1),
-            "startup_s": round(done["assigned_at"] - spawned, 2),
-            "seconds": round(seconds, 2),
-            "msgs_per_s": round(n / seconds, 1),
-            "msgs_per_s_from_first_reply": round(n / (done["done_at"] - first), 1),
-            "runner_cpu_pct": runner_cpu["cpu_pct"],
-            "broker_cpu_pct": broker_pct,
-            "poll_resolution_s": 0.05,
-        }
-        log(f"kafka throughput: {out['throughput']}")
-
-        ids_file = tmp / "ids.txt"
-        cpu = CpuMeter(runner.proc.pid).start()
-        broker_cpu = CpuMeter(broker_pid).start()
-        lat_out = tmp / "kafka-latency.json"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.kafka_bench",
-                "latency",
-                "--bootstrap",
-                bootstrap,
-                "--request-topic",
-                topics.request,
-                "--reply-topic",
-                topics.reply,
-                "--ids",
-                str(ids_file),
-                "--rate",
-                str(plan.kafka_rate),
-                "--duration",
-                str(plan.kafka_latency_s),
-                "--out",
-                str(lat_out),
-            ],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=plan.kafka_latency_s + 120,
-        )
-        out["latency_runner_cpu_pct"] = cpu.stop()["cpu_pct"]
-        out["latency_broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
-        out["latency"] = json.loads(lat_out.read_text())
-        out["runner_rss"] = rss_mb(runner.proc.pid)
-        log(f"kafka latency: {out['latency']}")
+            out["throughput_runs"].append(result)
+            log(f"kafka throughput, {count} runner(s): {result}")
+            latency = _kafka_latency(plan, tmp, bootstrap, topics, broker_pid, runners)
+            out["latency_runs"].append(latency)
+            log(f"kafka latency, {count} runner(s): {latency}")
+            while runners:
+                runners.pop().terminate()
+        # Throughput is read on the most runners, latency at 1,000 msg/s on
+        # the fewest: what a deployment scaled on lag runs at each load.
+        out["throughput"] = max(out["throughput_runs"], key=lambda r: r["runners"])
+        first = min(out["latency_runs"], key=lambda r: r["runners"])
+        out["latency"] = first["latency"]
+        out["latency_runners"] = first["runners"]
+        out["latency_runner_cpu_pct"] = first["runner_cpu_pct"]
+        out["latency_broker_cpu_pct"] = first["broker_cpu_pct"]
+        out["runner_rss"] = [
+            rss for run in out["latency_runs"] for rss in run["runner_rss"]
+        ]
     finally:
-        if runner is not None:
-            runner.terminate()
+        for r in runners:
+            r.terminate()
         broker.down()
     return out
+
+
+def _kafka_latency(
+    plan: Plan,
+    tmp: Path,
+    bootstrap: str,
+    topics: Topics,
+    broker_pid: int,
+    runners: list[ConsumerProcess],
+) -> dict[str, Any]:
+    """Request->reply latency at a constant rate, from a separate process.
+
+    A first, shorter run at the same rate warms the path up and is dropped.
+    """
+    for seconds, measured in (
+        (plan.kafka_latency_warmup_s, False),
+        (plan.kafka_latency_s, True),
+    ):
+        cpus = [CpuMeter(r.proc.pid).start() for r in runners]
+        broker_cpu = CpuMeter(broker_pid).start()
+        lat_out = tmp / f"kafka-latency-{len(runners)}-{measured}.json"
+        _latency_client(plan, tmp, bootstrap, topics, seconds, lat_out)
+    return {
+        "runners": len(runners),
+        "runner_cpu_pct": round(sum(c.stop()["cpu_pct"] for c in cpus), 1),
+        "broker_cpu_pct": broker_cpu.stop()["cpu_pct"],
+        "latency": json.loads(lat_out.read_text()),
+        "runner_rss": [rss_mb(r.proc.pid) for r in runners],
+    }
+
+
+def _latency_client(
+    plan: Plan, tmp: Path, bootstrap: str, topics: Topics, seconds: float, out: Path
+) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.kafka_bench",
+            "latency",
+            "--bootstrap",
+            bootstrap,
+            "--request-topic",
+            topics.request,
+            "--reply-topic",
+            topics.reply,
+            "--ids",
+            str(tmp / "ids.txt"),
+            "--rate",
+            str(plan.kafka_rate),
+            "--duration",
+            str(seconds),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=seconds + 120,
+    )
+
+
+def _kafka_throughput(
+    ws: Workspace,
+    plan: Plan,
+    tmp: Path,
+    ids: list[str],
+    bootstrap: str,
+    topics: Topics,
+    count: int,
+    broker_pid: int,
+    runners: list[ConsumerProcess],
+) -> dict[str, Any]:
+    """Publish the requests, start `count` runners (into `runners`), time them."""
+    n = plan.kafka_messages
+    messages = list(itertools.islice(itertools.cycle(ids), n))
+    publish_s = asyncio.run(
+        kafka_bench.publish_all(bootstrap, topics.request, messages)
+    )
+    log(f"published {n:,} requests in {publish_s:.1f} s")
+    env = {**ws.env, **topics.env(bootstrap)}
+    spawned = time.time()
+    for i in range(count):
+        runners.append(
+            ConsumerProcess(
+                {
+                    **env,
+                    "PREDICTFLOW_KAFKA_INSTANCE": f"bench-{i}",
+                    "PREDICTFLOW_KAFKA__METRICS_PORT": str(free_port()),
+                },
+                tmp / f"runner-{topics.request}-{i}.log",
+            )
+        )
+    cpus = [CpuMeter(r.proc.pid).start() for r in runners]
+    broker_cpu = CpuMeter(broker_pid).start()
+
+    def ready() -> bool:
+        for r in runners:
+            if r.proc.poll() is not None:
+                raise RuntimeError(f"runner exited: {r.logs()[-3000:]}")
+        return kafka_bench.assignment_complete(
+            [r.logs() for r in runners], kafka_bench.PARTITIONS
+        )
+
+    done = asyncio.run(
+        kafka_bench.watch_completion(
+            bootstrap,
+            topics.request,
+            topics.reply,
+            topics.group,
+            n,
+            ready,
+            timeout_s=max(120.0, n / 500),
+        )
+    )
+    runner_cpu = sum(c.stop()["cpu_pct"] for c in cpus)
+    seconds = done["done_at"] - done["ready_at"]
+    counted = n - done["committed_at_ready"]
+    return {
+        "runners": count,
+        "messages": n,
+        "partitions": kafka_bench.PARTITIONS,
+        "replies_in_topic": done["replies"],
+        "publish_msgs_per_s": round(n / publish_s, 1),
+        "startup_s": round(done["ready_at"] - spawned, 2),
+        "committed_before_ready": done["committed_at_ready"],
+        "seconds": round(seconds, 2),
+        "msgs_per_s": round(counted / seconds, 1),
+        "runner_cpu_pct": round(runner_cpu, 1),
+        "broker_cpu_pct": broker_cpu.stop()["cpu_pct"],
+        "poll_resolution_s": 0.05,
+    }
 
 
 # -- the run -------------------------------------------------------------------
