@@ -59,6 +59,12 @@ class _InFlight:
         """Every reply of the poll is acknowledged (or failed)."""
         return all(a.done() for a in self.acks)
 
+    def succeeded(self) -> bool:
+        """Every reply of the poll is acknowledged, none failed."""
+        return all(
+            a.done() and not a.cancelled() and a.exception() is None for a in self.acks
+        )
+
 
 def _silence(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
@@ -279,6 +285,10 @@ class KafkaRunner:
             unacked = [p for p in self._pending if not p.acked()]
             if len(unacked) >= s.max_in_flight_batches:
                 await asyncio.gather(*unacked[0].acks)
+            if len(self._pending) >= 4 * s.max_in_flight_batches:
+                # Acknowledged but not committed (a slow or absent group
+                # coordinator): wait for the commits instead of piling up.
+                await self._drain()
         self._positions.update(offsets)
         self._update_lag()
 
@@ -336,14 +346,16 @@ class KafkaRunner:
         producer = self._producer
         batches: dict[tuple[str, int], Any] = {}
         acks: list[asyncio.Future[Any]] = []
-        partitions: dict[str, list[int]] = {}
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
         for o in outgoing:
-            parts = partitions.get(o.topic)
-            if parts is None:
-                parts = partitions[o.topic] = sorted(
-                    await producer.partitions_for(o.topic)
+            if o.topic not in partitions:
+                every = sorted(await producer.partitions_for(o.topic))
+                available = producer.client.cluster.available_partitions_for_topic(
+                    o.topic
                 )
-            tp = (o.topic, self._partition(o.key, parts))
+                partitions[o.topic] = (every, sorted(available or ()))
+            parts, available = partitions[o.topic]
+            tp = (o.topic, self._partition(o.key, parts, available))
             batch = batches.get(tp)
             if batch is None:
                 batch = batches[tp] = producer.create_batch()
@@ -362,14 +374,17 @@ class KafkaRunner:
             acks.append(await producer.send_batch(batch, topic, partition=partition))
         return acks
 
-    def _partition(self, key: bytes | None, partitions: list[int]) -> int:
+    def _partition(
+        self, key: bytes | None, partitions: list[int], available: list[int]
+    ) -> int:
         """The producer's default partitioner (Java's): murmur2 of the key.
 
         `partitions` is every partition of the topic, sorted; a record
-        without a key goes to any of them.
+        without a key goes to one of `available` (those with a leader).
         """
         if key is None:
-            return random.choice(partitions)  # noqa: S311 - spreading load, not a secret
+            # As aiokafka's: any partition with a leader now, else any at all.
+            return random.choice(available or partitions)  # noqa: S311 - load spread
         hashed = self._hashes.get(key)
         if hashed is None:
             from aiokafka.partitioner import murmur2
@@ -411,13 +426,19 @@ class KafkaRunner:
                         if not self._pending:
                             break
                         await asyncio.gather(*self._pending[0].acks)
+                        # A poll with a failed reply stays first in line: no
+                        # commit (here or in `_drain`) gets past it.
                         done = []
-                        while self._pending and self._pending[0].acked():
+                        while self._pending and self._pending[0].succeeded():
                             done.append(self._pending.popleft())
                         if done:  # none when a rewind emptied the queue
                             await self._complete(done)
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # stopping
+                # An ack future was cancelled, not this task: a failure too.
+                self._failure = RuntimeError("a reply's acknowledgement was cancelled")
             except Exception as exc:  # noqa: BLE001 - the loop rewinds
                 self._failure = exc
 
@@ -429,6 +450,10 @@ class KafkaRunner:
     async def _drain(self) -> None:
         """Complete every poll in flight (acks, then one commit)."""
         async with self._lock:
+            if self._failure is not None:
+                # The committer saw a reply fail: committing what followed it
+                # would skip its records. The loop rewinds instead.
+                raise self._failure
             if self._pending:
                 done = list(self._pending)
                 self._pending.clear()
@@ -477,6 +502,8 @@ class KafkaRunner:
                 # Consumed so a later failure is not reported as unretrieved.
                 ack.add_done_callback(_silence)
         self._pending.clear()
+        # Whatever the committer saw is covered by this rewind.
+        self._failure = None
         self._positions.clear()
         await asyncio.sleep(0.5)
         try:
@@ -487,8 +514,11 @@ class KafkaRunner:
                         await self._consumer.seek_to_beginning(tp)
                     else:
                         self._consumer.seek(tp, committed)
-        except Exception as seek_exc:  # noqa: BLE001 - retried on the next error
+        except Exception as seek_exc:  # noqa: BLE001 - retried by the loop
             log.warning("event=rewind_failed error=%r", seek_exc)
+            # Not one more poll or commit from the current positions, which
+            # are past replies never acknowledged: the loop rewinds again.
+            self._failure = seek_exc
             await asyncio.sleep(1.0)
 
     async def _close_clients(self) -> None:

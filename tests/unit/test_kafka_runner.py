@@ -33,8 +33,10 @@ def test_partition_is_the_default_partitioners() -> None:
         parts = list(range(count))
         for _ in range(2):  # the second pass reads the remembered hashes
             for key in keys:
-                assert r._partition(key, parts) == default(key, parts, parts)
-    assert r._partition(None, [4, 5]) in (4, 5)
+                assert r._partition(key, parts, parts) == default(key, parts, parts)
+    # No key: a partition with a leader, when the metadata knows one.
+    assert {r._partition(None, [4, 5], [5]) for _ in range(20)} == {5}
+    assert {r._partition(None, [4, 5], []) for _ in range(50)} == {4, 5}
 
 
 @dataclass
@@ -49,7 +51,18 @@ class FakeBatch:
         return object()
 
 
+class FakeCluster:
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1, 2} if topic == "replies" else {0}
+
+
+class FakeClient:
+    cluster = FakeCluster()
+
+
 class FakeProducer:
+    client = FakeClient()
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]] = []
@@ -104,9 +117,22 @@ async def test_send_all_batches_per_partition_in_order_and_splits_full_ones() ->
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[Any, int]] = []
+        self.seeks: list[tuple[Any, int]] = []
+        self.committed_fails = False
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append(dict(offsets))
+
+    def assignment(self) -> set[str]:
+        return {"tp"}
+
+    async def committed(self, tp: Any) -> int:
+        if self.committed_fails:
+            raise RuntimeError("coordinator not available")
+        return self.commits[-1][tp] if self.commits else 0
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
 
 def poll(offset: int) -> tuple[_InFlight, asyncio.Future[None]]:
@@ -165,3 +191,48 @@ async def test_a_failed_ack_is_handed_to_the_loop_and_nothing_after_it_commits()
         r._raise_failure()  # handed over once
     finally:
         committer.cancel()
+
+
+async def test_no_commit_gets_past_a_failed_poll_not_even_a_drain() -> None:
+    r = runner()
+    r._consumer = FakeConsumer()
+    committer = asyncio.create_task(r._commit_loop())
+    try:
+        (first, ack1), (second, ack2), (third, ack3) = poll(10), poll(20), poll(30)
+        r._pending.extend([first, second, third])
+        r._produced.set()
+        ack2.set_exception(RuntimeError("record too large"))
+        ack3.set_result(None)
+        ack1.set_result(None)
+        await settle()
+        # The first poll is committed; the failed one stays first in line.
+        assert r._consumer.commits == [{"tp": 10}]
+        assert r._pending[0] is second
+        # A rebalance or shutdown drain must not commit the third poll.
+        with pytest.raises(RuntimeError, match="record too large"):
+            await r._drain()
+        assert r._consumer.commits == [{"tp": 10}]
+    finally:
+        committer.cancel()
+
+
+async def test_a_failed_rewind_stops_the_loop_until_a_rewind_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_sleep = asyncio.sleep
+
+    async def no_wait(_: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr("consumers.runner.asyncio.sleep", no_wait)
+    r = runner()
+    r._consumer = FakeConsumer()
+    r._consumer.committed_fails = True
+    await r._recover("produce", RuntimeError("broker down"))
+    assert r._consumer.seeks == []
+    with pytest.raises(RuntimeError, match="coordinator not available"):
+        r._raise_failure()  # the next step rewinds again
+    r._consumer.committed_fails = False
+    await r._recover("loop", RuntimeError("again"))
+    assert r._consumer.seeks == [("tp", 0)]
+    r._raise_failure()  # nothing left to raise
