@@ -220,17 +220,13 @@ class _RedisDirectRead(_DirectRead):
         return key
 
     def _decode(self, raw: bytes) -> object:
-        value = self._value.FromString(raw)
-        kind = value.WhichOneof("val")
-        if kind is None:
-            return None
-        if kind not in _SCALAR_KINDS:
-            return self._to_python(value)
+        decoded = self._python(self._value.FromString(raw))
         # Scalars are immutable and most fields take few distinct values
         # (contract type, payment method, tenure): the same bytes decode once.
-        if len(self._known) >= _KNOWN_VALUES:
-            self._known.clear()
-        decoded = self._known[raw] = getattr(value, kind)
+        if isinstance(decoded, str | int | float):
+            if len(self._known) >= _KNOWN_VALUES:
+                self._known.clear()
+            self._known[raw] = decoded
         return decoded
 
 

@@ -7,6 +7,8 @@ restarts) is tested against a real Kafka in tests/integration/test_kafka.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,9 +137,27 @@ class FakeConsumer:
         self.seeks.append((tp, offset))
 
 
-def poll(offset: int) -> tuple[_InFlight, asyncio.Future[None]]:
-    ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    return _InFlight({"tp": offset}, [ack], 1, 0.0), ack
+@pytest.fixture
+async def committing() -> AsyncIterator[KafkaRunner]:
+    """A runner with a fake consumer and its committer task running."""
+    r = runner()
+    r._consumer = FakeConsumer()
+    committer = asyncio.create_task(r._commit_loop())
+    yield r
+    committer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await committer
+
+
+def queue(r: KafkaRunner, *offsets: int) -> list[asyncio.Future[None]]:
+    """Polls handed to the producer (one reply each, ending at these offsets)."""
+    acks: list[asyncio.Future[None]] = []
+    for offset in offsets:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        r._pending.append(_InFlight({"tp": offset}, [ack], 1, 0.0))
+        acks.append(ack)
+    r._produced.set()
+    return acks
 
 
 async def settle() -> None:
@@ -146,74 +166,54 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_commits_follow_acks_in_poll_order() -> None:
-    r = runner()
-    r._consumer = FakeConsumer()
-    committer = asyncio.create_task(r._commit_loop())
-    try:
-        (first, ack1), (second, ack2), (third, ack3) = poll(10), poll(20), poll(30)
-        r._pending.extend([first, second, third])
-        r._produced.set()
-        # The second poll is acknowledged first: nothing may be committed
-        # before the first is.
-        ack2.set_result(None)
-        await settle()
-        assert r._consumer.commits == []
-        ack1.set_result(None)
-        await settle()
-        # One commit for both acknowledged polls, none past the third.
-        assert r._consumer.commits == [{"tp": 20}]
-        ack3.set_result(None)
-        r._produced.set()
-        await settle()
-        assert r._consumer.commits == [{"tp": 20}, {"tp": 30}]
-        assert not r._pending
-    finally:
-        committer.cancel()
+async def test_commits_follow_acks_in_poll_order(committing: KafkaRunner) -> None:
+    r = committing
+    ack1, ack2, ack3 = queue(r, 10, 20, 30)
+    # The second poll is acknowledged first: nothing may be committed
+    # before the first is.
+    ack2.set_result(None)
+    await settle()
+    assert r._consumer.commits == []
+    ack1.set_result(None)
+    await settle()
+    # One commit for both acknowledged polls, none past the third.
+    assert r._consumer.commits == [{"tp": 20}]
+    ack3.set_result(None)
+    await settle()
+    assert r._consumer.commits == [{"tp": 20}, {"tp": 30}]
+    assert not r._pending
 
 
-async def test_a_failed_ack_is_handed_to_the_loop_and_nothing_after_it_commits() -> (
-    None
-):
-    r = runner()
-    r._consumer = FakeConsumer()
-    committer = asyncio.create_task(r._commit_loop())
-    try:
-        (first, ack1), (second, ack2) = poll(10), poll(20)
-        r._pending.extend([first, second])
-        r._produced.set()
-        ack2.set_result(None)
-        ack1.set_exception(RuntimeError("broker said no"))
-        await settle()
-        assert r._consumer.commits == []
-        with pytest.raises(RuntimeError, match="broker said no"):
-            r._raise_failure()
-        r._raise_failure()  # handed over once
-    finally:
-        committer.cancel()
+async def test_a_failed_ack_is_handed_to_the_loop_and_nothing_after_it_commits(
+    committing: KafkaRunner,
+) -> None:
+    r = committing
+    ack1, ack2 = queue(r, 10, 20)
+    ack2.set_result(None)
+    ack1.set_exception(RuntimeError("broker said no"))
+    await settle()
+    assert r._consumer.commits == []
+    with pytest.raises(RuntimeError, match="broker said no"):
+        r._raise_failure()
+    r._raise_failure()  # handed over once
 
 
-async def test_no_commit_gets_past_a_failed_poll_not_even_a_drain() -> None:
-    r = runner()
-    r._consumer = FakeConsumer()
-    committer = asyncio.create_task(r._commit_loop())
-    try:
-        (first, ack1), (second, ack2), (third, ack3) = poll(10), poll(20), poll(30)
-        r._pending.extend([first, second, third])
-        r._produced.set()
-        ack2.set_exception(RuntimeError("record too large"))
-        ack3.set_result(None)
-        ack1.set_result(None)
-        await settle()
-        # The first poll is committed; the failed one stays first in line.
-        assert r._consumer.commits == [{"tp": 10}]
-        assert r._pending[0] is second
-        # A rebalance or shutdown drain must not commit the third poll.
-        with pytest.raises(RuntimeError, match="record too large"):
-            await r._drain()
-        assert r._consumer.commits == [{"tp": 10}]
-    finally:
-        committer.cancel()
+async def test_no_commit_gets_past_a_failed_poll_not_even_a_drain(
+    committing: KafkaRunner,
+) -> None:
+    r = committing
+    ack1, ack2, ack3 = queue(r, 10, 20, 30)
+    ack2.set_exception(RuntimeError("record too large"))
+    ack3.set_result(None)
+    ack1.set_result(None)
+    await settle()
+    # The first poll is committed; the failed one stays first in line.
+    assert r._consumer.commits == [{"tp": 10}]
+    assert r._pending[0].offsets == {"tp": 20}
+    # A rebalance or shutdown drain must not commit the third poll.
+    with pytest.raises(RuntimeError, match="record too large"):
+        await r._drain()
+    assert r._consumer.commits == [{"tp": 10}]
 
 
 async def test_a_failed_rewind_stops_the_loop_until_a_rewind_succeeds(
