@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -66,6 +67,14 @@ class _InFlight:
         )
 
 
+@functools.lru_cache(maxsize=65_536)
+def _murmur2(key: bytes) -> int:
+    """aiokafka's murmur2 (pure Python), remembered: reply keys recur."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key))
+
+
 def _silence(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -110,8 +119,6 @@ class KafkaRunner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka-score")
         self._consumer: Any = None
         self._producer: Any = None
-        # murmur2 of each reply key seen (pure Python in aiokafka; keys recur).
-        self._hashes: dict[bytes, int] = {}
         self._task: asyncio.Task[Any] | None = None
 
     # lifecycle -----------------------------------------------------------
@@ -385,14 +392,7 @@ class KafkaRunner:
         if key is None:
             # As aiokafka's: any partition with a leader now, else any at all.
             return random.choice(available or partitions)  # noqa: S311 - load spread
-        hashed = self._hashes.get(key)
-        if hashed is None:
-            from aiokafka.partitioner import murmur2
-
-            if len(self._hashes) >= 65_536:
-                self._hashes.clear()
-            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return partitions[hashed % len(partitions)]
+        return partitions[(_murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
     async def _send_transaction(
         self,

@@ -14,6 +14,7 @@ store's own helpers and the values decoded in one pass (`_RedisDirectRead`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import sqlite3
@@ -171,8 +172,8 @@ class _RedisDirectRead(_DirectRead):
         super().__init__(store, service)
         #: Decoded scalar of each field value seen (bytes -> value), bounded.
         self._known: dict[bytes, object] = {}
-        #: Redis key of each customer id seen, bounded the same way.
-        self._keys: dict[str, bytes] = {}
+        #: Feast's Redis key of a customer id (remembered: ids recur).
+        self._key = functools.lru_cache(maxsize=_KNOWN_VALUES)(self._redis_key)
         self._fields = []
         for view, names in self._views:
             _, fields = self._online_store._generate_hset_keys_for_features(
@@ -194,7 +195,7 @@ class _RedisDirectRead(_DirectRead):
 
     def get(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
         store = self._online_store
-        keys = [self._keys.get(cid) or self._key(cid) for cid in customer_ids]
+        keys = [self._key(cid) for cid in customer_ids]
         rows: list[dict[str, object]] = [{} for _ in customer_ids]
         known = self._known
         for names, fields in self._fields:
@@ -206,17 +207,13 @@ class _RedisDirectRead(_DirectRead):
         # An unknown customer: no hash, every field None.
         return [None if all(v is None for v in r.values()) else r for r in rows]
 
-    def _key(self, customer_id: str) -> bytes:
-        """Feast's Redis key of a customer (remembered: ids recur)."""
+    def _redis_key(self, customer_id: str) -> bytes:
         entity = self._entity_key(
             join_keys=[ENTITY_KEY], entity_values=[self._value(string_val=customer_id)]
         )
         key: bytes = self._online_store._generate_redis_keys_for_entities(
             self._config, [entity]
         )[0]
-        if len(self._keys) >= _KNOWN_VALUES:
-            self._keys.clear()
-        self._keys[customer_id] = key
         return key
 
     def _decode(self, raw: bytes) -> object:
