@@ -30,6 +30,9 @@ ErrorCode = Literal[
     "unknown_customer",
     "feature_store_unavailable",
     "batch_too_large",
+    "request_too_large",
+    "unsupported_media_type",
+    "overloaded",
     "internal_error",
 ]
 
@@ -131,6 +134,13 @@ class ErrorReply(_Strict):
     )
     error: ErrorCode = Field(description="Machine-readable error code.")
     message: str = Field(description="Human-readable explanation.")
+    retryable: bool = Field(
+        default=False,
+        description=(
+            "True when the same request may succeed later unchanged (a dependency "
+            "outage or overload); false when retrying cannot help."
+        ),
+    )
 
 
 class ChurnBatchRequest(_Strict):

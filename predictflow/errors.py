@@ -12,6 +12,8 @@ class PredictFlowError(Exception):
 
     code: ErrorCode = "internal_error"
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    #: The same request may succeed later, unchanged (outage, overload).
+    retryable: bool = False
 
     def __init__(self, message: str, *, customer_id: str | None = None) -> None:
         super().__init__(message)
@@ -21,7 +23,10 @@ class PredictFlowError(Exception):
     def to_reply(self) -> ErrorReply:
         """The `ErrorReply` a caller receives for this error."""
         return ErrorReply(
-            customer_id=self.customer_id, error=self.code, message=self.message
+            customer_id=self.customer_id,
+            error=self.code,
+            message=self.message,
+            retryable=self.retryable,
         )
 
 
@@ -37,6 +42,7 @@ class FeatureStoreUnavailable(PredictFlowError):
 
     code: ErrorCode = "feature_store_unavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
 
 
 class BatchTooLarge(PredictFlowError):
@@ -44,6 +50,35 @@ class BatchTooLarge(PredictFlowError):
 
     code: ErrorCode = "batch_too_large"
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class RequestTooLarge(PredictFlowError):
+    """A request body is larger than the service reads."""
+
+    code: ErrorCode = "request_too_large"
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(PredictFlowError):
+    """A scoring request whose body is not JSON."""
+
+    code: ErrorCode = "unsupported_media_type"
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class Overloaded(PredictFlowError):
+    """The worker already holds as many requests as it is configured to."""
+
+    code: ErrorCode = "overloaded"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    retryable = True
+
+
+class ScoringFailed(PredictFlowError):
+    """Scoring one request raised: e.g. a stored row the model cannot encode.
+
+    Its message is safe to show a caller; the cause is logged, not returned.
+    """
 
 
 class ModelUnavailable(PredictFlowError):
@@ -56,7 +91,14 @@ class DataIntegrityError(PredictFlowError):
 
 _STATUS: dict[str, HTTPStatus] = {
     cls.code: cls.status
-    for cls in (UnknownCustomer, FeatureStoreUnavailable, BatchTooLarge)
+    for cls in (
+        UnknownCustomer,
+        FeatureStoreUnavailable,
+        BatchTooLarge,
+        RequestTooLarge,
+        UnsupportedMediaType,
+        Overloaded,
+    )
 }
 
 

@@ -7,15 +7,18 @@ one model call.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from predictflow import metrics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
-from predictflow.errors import FeatureStoreUnavailable, UnknownCustomer
+from predictflow.errors import FeatureStoreUnavailable, ScoringFailed, UnknownCustomer
 from predictflow.model import ChurnModel
 from predictflow.schema import FEATURES, encode_rows
+
+log = logging.getLogger("predictflow.scoring")
 
 Result = ChurnScore | ErrorReply
 
@@ -48,9 +51,36 @@ class Scorer:
 
         A request whose customer is unknown (and whose overrides do not give
         every feature) gets an `ErrorReply`; the rest of the batch is scored.
-        `source` labels the metrics (`rest`, `kafka`). Raises
+        A batch that raises anything else (a stored row the model cannot
+        encode) is scored again request by request, so only the request that
+        fails gets an `internal_error` reply (its cause is logged, not
+        returned). `source` labels the metrics (`rest`, `kafka`). Raises
         `FeatureStoreUnavailable` when features are needed and cannot be read.
         """
+        try:
+            return self._score(requests, source)
+        except FeatureStoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - decided per request below
+            if len(requests) != 1:
+                return [r for one in requests for r in self.score([one], source)]
+            request = requests[0]
+            log.error(
+                "event=scoring_failed source=%s customer_id=%s error=%s: %s",
+                source,
+                request.customer_id,
+                type(exc).__name__,
+                str(exc)[:300],
+            )
+            metrics.get().predictions.labels(source, "scoring_failed").inc()
+            return [
+                ScoringFailed(
+                    "this request could not be scored; the cause is in the service log",
+                    customer_id=request.customer_id,
+                ).to_reply()
+            ]
+
+    def _score(self, requests: Sequence[ChurnRequest], source: str) -> list[Result]:
         overrides = [r.overrides() for r in requests]
         wanted = sorted(
             {

@@ -106,6 +106,33 @@ class ServingSettings(BaseModel):
         le=1000,
         description="Most concurrent /predict requests scored in one batch.",
     )
+    max_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description=(
+            "Most scoring requests one worker holds at once (being read, queued "
+            "or scored); past it a request is refused at once with 503 and "
+            "`Retry-After` instead of queueing until the request timeout."
+        ),
+    )
+    feature_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=9,
+        description=(
+            "Deadline of one online feature read (off the event loop); past it "
+            "the requests waiting on it get 503. Shorter than the 10 s request "
+            "timeout, so a stalled store answers 503, not a timeout."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest request body read on any route (413 past it). A full "
+            "`/predict_batch` of 1,000 customers is ~0.6 MB."
+        ),
+    )
 
 
 class KafkaSettings(BaseModel):
@@ -176,6 +203,47 @@ class KafkaSettings(BaseModel):
     transactional_id: str = Field(
         default="predictflow-churn",
         description="Prefix of each runner's transactional id (exactly-once mode).",
+    )
+    reply_topic_pattern: str = Field(
+        default=r"[A-Za-z0-9._-]+[-.](replies|responses)",
+        description=(
+            "Regular expression (full match) of the topics a request may name in "
+            "its reply_to header, besides reply_topic. Kafka's internal topics, the "
+            "request topic and the dead-letter topic are never allowed."
+        ),
+    )
+    metadata_timeout_ms: int = Field(
+        default=3000,
+        ge=100,
+        description=(
+            "Longest wait for a reply topic's metadata; a topic that does not "
+            "answer by then is taken as missing and its requests dead-lettered."
+        ),
+    )
+    topic_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "How long a reply topic found missing or forbidden is remembered "
+            "(its requests are dead-lettered without asking the broker again)."
+        ),
+    )
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=10_000,
+        description=(
+            "Largest record the runner produces (keep it under the broker's "
+            "message.max.bytes); a dead letter over it is truncated, with "
+            "headers giving the original size and SHA-256."
+        ),
+    )
+    outage_backoff_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest pause between probes while a dependency (feature store, "
+            "broker) is down; consumption resumes by itself once it answers."
+        ),
     )
     score_retries: int = Field(
         default=3,

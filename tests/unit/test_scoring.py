@@ -109,3 +109,25 @@ def test_scores_are_deterministic(
     scorer = Scorer(source, small_model)
     batch = [ChurnRequest(customer_id="A"), ChurnRequest(customer_id="B")]
     assert scorer.score(batch, source="t") == scorer.score(batch, source="t")
+
+
+def test_a_row_the_model_cannot_encode_fails_only_its_own_request(
+    source: FakeFeatures, small_model: ChurnModel
+) -> None:
+    source.rows["BAD"] = {**ROW, "internet_service": "Satellite"}
+    requests = [ChurnRequest(customer_id=c) for c in ("A", "BAD", "B")]
+    results = Scorer(source, small_model).score(requests, source="test")
+    assert [r.customer_id for r in results] == ["A", "BAD", "B"]
+    assert isinstance(results[0], ChurnScore)
+    assert isinstance(results[2], ChurnScore)
+    bad = results[1]
+    assert isinstance(bad, ErrorReply)
+    assert bad.error == "internal_error"
+    assert not bad.retryable
+    # The cause stays in the log: no stored value in what the caller sees.
+    assert "Satellite" not in bad.message
+
+
+def test_feature_store_outage_replies_are_retryable() -> None:
+    reply = FeatureStoreUnavailable("store down", customer_id="A").to_reply()
+    assert reply.retryable and reply.error == "feature_store_unavailable"
