@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 from pathlib import Path
@@ -50,7 +49,7 @@ async def main() -> None:
     from prometheus_client import start_http_server
 
     start_http_server(settings.kafka.metrics_port, addr="0.0.0.0")  # noqa: S104
-    instance = os.environ.get("PREDICTFLOW_KAFKA_INSTANCE", socket.gethostname())
+    instance = settings.kafka.instance_id or socket.gethostname()
     runner = KafkaRunner(
         build_scorer(settings), settings.kafka, instance=instance, score_inline=True
     )

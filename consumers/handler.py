@@ -7,6 +7,7 @@ here, so every rule of the contract is unit-tested without a broker.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,16 +20,22 @@ from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 CORRELATION_ID = "correlation_id"
 REPLY_TO = "reply_to"
 MODEL_VERSION = "model_version"
-# Kafka's own rule for topic names.
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Kafka's own rule for topic names (and neither "." nor "..").
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _MAX_ERROR_MESSAGE = 1000
+#: Room left in a produced record for the batch and record framing.
+_FRAMING_BYTES = 1024
 
 DeadLetterReason = Literal[
     "empty_value",
     "invalid_json",
     "validation_error",
     "missing_correlation_id",
-    "invalid_reply_to",
+    "reply_topic_invalid",
+    "reply_topic_forbidden",
+    "reply_topic_missing",
+    "record_too_large",
+    "scoring_failed",
 ]
 
 
@@ -59,6 +66,10 @@ class Outgoing:
     headers: list[tuple[str, bytes]]
     kind: Literal["score", "error", "dead_letter"]
     reason: str | None = None
+    #: The request record this answers: a reply that cannot be delivered is
+    #: dead-lettered from it.
+    source: Record | None = None
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class Accepted:
     request: ChurnRequest
     correlation_id: str
     reply_to: str
+    record: Record
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,45 @@ class Parsed:
 
     accepted: list[Accepted]
     dead_letters: list[Outgoing]
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where replies may go and dead letters do: the reply_to allow-list.
+
+    A request may name the default reply topic, or a topic whose name fully
+    matches `pattern`; never a Kafka internal topic (`__...`), the request
+    topic or the dead-letter topic, so no producer can make the runner write
+    into a topic it was not meant to (an open redirect).
+    """
+
+    default_reply_to: str
+    dlq: str
+    request_topic: str = ""
+    pattern: str = r"[A-Za-z0-9._-]+[-.](replies|responses)"
+    max_message_bytes: int = 1_000_000
+
+    def refuse(self, topic: str) -> tuple[DeadLetterReason, str] | None:
+        """Why a request may not be answered on `topic`, or None if it may."""
+        if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+            return (
+                "reply_topic_invalid",
+                f"'{REPLY_TO}' is not a valid Kafka topic name: {topic[:100]!r}",
+            )
+        if topic == self.default_reply_to:
+            return None
+        if (
+            topic.startswith("__")
+            or topic in (self.request_topic, self.dlq)
+            or not re.fullmatch(self.pattern, topic)
+        ):
+            return (
+                "reply_topic_forbidden",
+                f"'{REPLY_TO}' names a topic replies may not go to: {topic!r} "
+                f"(allowed: {self.default_reply_to!r} or names matching "
+                f"{self.pattern!r})",
+            )
+        return None
 
 
 def _header(record: Record, name: str) -> str | None:
@@ -90,10 +141,21 @@ def _header(record: Record, name: str) -> str | None:
 
 
 def dead_letter(
-    record: Record, reason: DeadLetterReason, message: str, dlq_topic: str
+    record: Record,
+    reason: DeadLetterReason,
+    message: str,
+    dlq_topic: str,
+    max_bytes: int = 1_000_000,
 ) -> Outgoing:
-    """The dead-letter record of a poison record: original bytes, why, from where."""
-    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("error_")]
+    """The dead-letter record of a record: original bytes, why, from where.
+
+    A copy that would be larger than `max_bytes` (the original near the
+    broker's limit, plus these headers) keeps only the first bytes of the
+    value that fit, and says so: `dlq_truncated`, `original_size`,
+    `original_sha256`. A dead letter is always small enough to be produced.
+    """
+    ours = ("error_", "source_", "dlq_", "original_")
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(ours)]
     headers += [
         ("error_type", reason.encode()),
         ("error_message", message[:_MAX_ERROR_MESSAGE].encode()),
@@ -101,13 +163,35 @@ def dead_letter(
         ("source_partition", str(record.partition).encode()),
         ("source_offset", str(record.offset).encode()),
     ]
+    key, value = record.key, record.value
+    size = len(key or b"") + len(value or b"")
+    size += sum(len(k) + len(v) for k, v in headers) + _FRAMING_BYTES
+    if size > max_bytes:
+        # The request's own large headers go first (they can be as large as
+        # the value; small ones such as correlation_id stay); then the value
+        # keeps what room is left.
+        headers = [h for h in headers[:-5] if len(h[0]) + len(h[1]) <= 256] + (
+            headers[-5:]
+        )
+        key = (key or b"")[:256] or None
+        room = max_bytes - _FRAMING_BYTES - 512 - len(key or b"")
+        room -= sum(len(k) + len(v) for k, v in headers)
+        original = value or b""
+        headers += [
+            ("dlq_truncated", b"true"),
+            ("original_size", str(len(original)).encode()),
+            ("original_sha256", hashlib.sha256(original).hexdigest().encode()),
+        ]
+        value = original[: max(room, 0)]
     return Outgoing(
         topic=dlq_topic,
-        key=record.key,
-        value=record.value,
+        key=key,
+        value=value,
         headers=headers,
         kind="dead_letter",
         reason=reason,
+        source=record,
+        correlation_id=_header(record, CORRELATION_ID),
     )
 
 
@@ -120,53 +204,44 @@ def _validation_message(exc: ValidationError) -> str:
     )
 
 
-def parse(records: Sequence[Record], default_reply_to: str, dlq_topic: str) -> Parsed:
+def parse(records: Sequence[Record], routes: Routes) -> Parsed:
     """Validate each record; the invalid ones become dead letters."""
     accepted: list[Accepted] = []
     dead: list[Outgoing] = []
+
+    def refuse(record: Record, reason: DeadLetterReason, message: str) -> None:
+        dead.append(
+            dead_letter(record, reason, message, routes.dlq, routes.max_message_bytes)
+        )
+
     for record in records:
         correlation_id = _header(record, CORRELATION_ID)
         if correlation_id is None:
-            dead.append(
-                dead_letter(
-                    record,
-                    "missing_correlation_id",
-                    f"a request needs a '{CORRELATION_ID}' header",
-                    dlq_topic,
-                )
+            refuse(
+                record,
+                "missing_correlation_id",
+                f"a request needs a '{CORRELATION_ID}' header",
             )
             continue
-        reply_to = _header(record, REPLY_TO) or default_reply_to
-        if not _TOPIC_NAME.match(reply_to):
-            dead.append(
-                dead_letter(
-                    record,
-                    "invalid_reply_to",
-                    f"'{REPLY_TO}' is not a valid topic name: {reply_to[:100]!r}",
-                    dlq_topic,
-                )
-            )
+        reply_to = _header(record, REPLY_TO) or routes.default_reply_to
+        if refused := routes.refuse(reply_to):
+            refuse(record, *refused)
             continue
         if not record.value:
-            dead.append(
-                dead_letter(record, "empty_value", "the record has no value", dlq_topic)
-            )
+            refuse(record, "empty_value", "the record has no value")
             continue
         try:
             # JSON mode, exactly as the REST API validates a body.
             request = ChurnRequest.model_validate_json(record.value)
         except ValidationError as exc:
             not_json = any(e["type"] == "json_invalid" for e in exc.errors())
-            dead.append(
-                dead_letter(
-                    record,
-                    "invalid_json" if not_json else "validation_error",
-                    _validation_message(exc),
-                    dlq_topic,
-                )
+            refuse(
+                record,
+                "invalid_json" if not_json else "validation_error",
+                _validation_message(exc),
             )
             continue
-        accepted.append(Accepted(request, correlation_id, reply_to))
+        accepted.append(Accepted(request, correlation_id, reply_to, record))
     return Parsed(accepted, dead)
 
 
@@ -174,10 +249,17 @@ def replies(
     accepted: Sequence[Accepted],
     results: Sequence[ChurnScore | ErrorReply],
     model_version: str,
+    routes: Routes,
 ) -> list[Outgoing]:
-    """One reply per accepted request: its score or why it has none."""
+    """One reply per accepted request: its score or why it has none.
+
+    A request whose scoring failed (`internal_error`) gets its error reply
+    and is also dead-lettered (`scoring_failed`), so operators have the
+    record that failed.
+    """
     out = []
     for item, result in zip(accepted, results, strict=True):
+        failed = isinstance(result, ErrorReply) and result.error == "internal_error"
         out.append(
             Outgoing(
                 topic=item.reply_to,
@@ -189,6 +271,19 @@ def replies(
                 ],
                 kind="score" if isinstance(result, ChurnScore) else "error",
                 reason=None if isinstance(result, ChurnScore) else result.error,
+                source=item.record,
+                correlation_id=item.correlation_id,
             )
         )
+        if failed:
+            out.append(
+                dead_letter(
+                    item.record,
+                    "scoring_failed",
+                    "the request was valid but scoring it raised; the cause is "
+                    "in the runner's log",
+                    routes.dlq,
+                    routes.max_message_bytes,
+                )
+            )
     return out

@@ -6,13 +6,27 @@ acknowledged every one of them. Commits run beside the poll loop (one
 committer task, in poll order, one commit for every poll acknowledged since
 the last), so a reply never waits for a commit round trip. Up to
 `max_in_flight_batches` polls may await their acks while the next is scored;
-past that the loop waits for the oldest. Any produce or commit failure
-rewinds to the last committed offsets, so nothing is lost (a reply may
-repeat; replies are idempotent by correlation id).
+past that the loop waits for the oldest.
+
+Each record's outcome is decided on its own: replied, error-replied, or
+dead-lettered with a reason. A poison record, a reply topic that is invalid,
+not allowed, missing or forbidden (`reply_topics`), a dead letter too large
+(truncated) or a request whose scoring raises never stops its partition.
+Only an outage rewinds: a produce or commit the broker did not take rewinds
+to the last committed offsets (nothing is lost; a reply may repeat, replies
+are idempotent by correlation id), with backoff; a feature store that stays
+down gets the poll retryable error replies, then consumption pauses until
+the store answers again, probed with bounded exponential backoff.
 
 Exactly-once (`exactly_once=True`): each poll's replies and offsets go in one
 transaction (`send_offsets_to_transaction`); `read_committed` readers see each
-reply once.
+reply once. A rebalance waits for the transaction in hand, and records of
+partitions revoked meanwhile are left to their new owner. What this does not
+cover (aiokafka has no KIP-447 fencing by group generation): a runner stalled
+past its session timeout while holding an open transaction (a zombie) can still
+commit it after its partitions moved, so those records may be answered twice.
+A runner restarted under the same instance id fences its predecessor's
+transactions (transactional id epoch).
 """
 
 from __future__ import annotations
@@ -27,10 +41,11 @@ from asyncio import FIRST_COMPLETED
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from consumers import handler
+from consumers.reply_topics import ReplyTopics, undeliverable
 from predictflow import metrics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.errors import FeatureStoreUnavailable
@@ -42,6 +57,8 @@ log = logging.getLogger("predictflow.kafka")
 
 #: Longest wait at shutdown for replies in flight to be acknowledged.
 SHUTDOWN_DRAIN_SECONDS = 15.0
+#: First pause after an outage; doubled up to `outage_backoff_max_seconds`.
+FIRST_BACKOFF_SECONDS = 0.5
 
 Result = ChurnScore | ErrorReply
 
@@ -51,10 +68,15 @@ class _InFlight:
     """A poll whose replies were handed to the producer, awaiting acks."""
 
     offsets: dict[Any, int]
-    acks: list[asyncio.Future[Any]]
+    #: One per produced batch: its records as delivered (replies, or the dead
+    #: letters that replaced replies the broker refused).
+    acks: list[asyncio.Future[list[handler.Outgoing]]]
     records: int
     started: float
-    outgoing: list[handler.Outgoing] = field(default_factory=list)
+
+    def outgoing(self) -> list[handler.Outgoing]:
+        """What the poll produced, once every ack succeeded."""
+        return [o for ack in self.acks for o in ack.result()]
 
     def acked(self) -> bool:
         """Every reply of the poll is acknowledged (or failed)."""
@@ -103,6 +125,20 @@ class KafkaRunner:
         self.scorer = scorer
         self.settings = settings
         self.bootstrap = settings.bootstrap_servers
+        self.routes = handler.Routes(
+            default_reply_to=settings.reply_topic,
+            dlq=settings.dlq_topic,
+            request_topic=settings.request_topic,
+            pattern=settings.reply_topic_pattern,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self.reply_topics = ReplyTopics(
+            settings.metadata_timeout_ms / 1000, settings.topic_cache_seconds
+        )
+        #: Pause before the next rewind (broker outage); reset by a commit.
+        self._backoff = FIRST_BACKOFF_SECONDS
+        #: Set while the feature store is down: the pause before the next probe.
+        self._outage: float | None = None
         self.instance = instance
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -125,7 +161,7 @@ class KafkaRunner:
 
     async def start(self) -> None:
         """Create topics if asked, then connect the consumer and producer."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka import AIOKafkaConsumer
         from aiokafka.abc import ConsumerRebalanceListener
 
         s = self.settings
@@ -147,18 +183,7 @@ class KafkaRunner:
                     sorted(tp.partition for tp in assigned),
                 )
 
-        producer_args: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "client_id": f"predictflow-{self.instance}",
-            "acks": "all",
-            "enable_idempotence": True,
-            # The runner batches a poll's replies itself (`_send_all`): no
-            # reason to hold a batch back.
-            "linger_ms": 0,
-        }
-        if s.exactly_once:
-            producer_args["transactional_id"] = f"{s.transactional_id}-{self.instance}"
-        self._producer = AIOKafkaProducer(**producer_args)
+        self._producer = self._new_producer()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=s.group_id,
@@ -169,6 +194,7 @@ class KafkaRunner:
             max_poll_records=s.max_batch,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_min_bytes=s.fetch_min_bytes,
+            session_timeout_ms=s.session_timeout_ms,
         )
         self._consumer.subscribe([s.request_topic], listener=_Listener())
         await self._producer.start()
@@ -180,6 +206,25 @@ class KafkaRunner:
             s.group_id,
             "exactly_once" if s.exactly_once else "at_least_once",
         )
+
+    def _new_producer(self) -> Any:
+        from aiokafka import AIOKafkaProducer
+
+        s = self.settings
+        producer_args: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": f"predictflow-{self.instance}",
+            "acks": "all",
+            "enable_idempotence": True,
+            # The runner batches a poll's replies itself (`_send_all`): no
+            # reason to hold a batch back.
+            "linger_ms": 0,
+            "max_request_size": s.max_message_bytes + 64 * 1024,
+            "transaction_timeout_ms": s.transaction_timeout_ms,
+        }
+        if s.exactly_once:
+            producer_args["transactional_id"] = f"{s.transactional_id}-{self.instance}"
+        return AIOKafkaProducer(**producer_args)
 
     def request_stop(self) -> None:
         """Stop polling; the poll in hand is finished and committed."""
@@ -264,6 +309,9 @@ class KafkaRunner:
     async def _step(self) -> None:
         s = self.settings
         self._raise_failure()
+        if self._outage is not None:
+            await self._wait_for_feature_store()
+            return
         batch = await self._consumer.getmany(
             timeout_ms=s.poll_timeout_ms, max_records=s.max_batch
         )
@@ -273,21 +321,22 @@ class KafkaRunner:
         if not batch:
             await self._drain()
             return
-        started = time.perf_counter()
-        records = [r for recs in batch.values() for r in recs]
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-        m = metrics.get()
-        m.kafka_consumed.inc(len(records))
-        m.kafka_batch_size.observe(len(records))
-
-        outgoing = await self._process(records)
         if s.exactly_once:
-            await self._send_transaction(outgoing, offsets, len(records), started)
+            # A rebalance (`_drain` in the listener) waits for this transaction;
+            # partitions revoked before it started are their new owner's.
+            async with self._lock:
+                owned = self._consumer.assignment()
+                batch = {tp: recs for tp, recs in batch.items() if tp in owned}
+                if batch:
+                    started, records, offsets = self._consumed(batch)
+                    outgoing = await self._process(records)
+                    await self._send_transaction(outgoing, offsets, started)
+                    self._backoff = FIRST_BACKOFF_SECONDS
         else:
+            started, records, offsets = self._consumed(batch)
+            outgoing = await self._process(records)
             acks = await self._send_all(outgoing)
-            self._pending.append(
-                _InFlight(offsets, acks, len(records), started, outgoing)
-            )
+            self._pending.append(_InFlight(offsets, acks, len(records), started))
             self._produced.set()
             unacked = [p for p in self._pending if not p.acked()]
             if len(unacked) >= s.max_in_flight_batches:
@@ -299,15 +348,46 @@ class KafkaRunner:
         self._positions.update(offsets)
         self._update_lag()
 
+    def _consumed(
+        self, batch: dict[Any, list[Any]]
+    ) -> tuple[float, list[Any], dict[Any, int]]:
+        """Start of a poll's clock, its records and the offsets to commit after it."""
+        started = time.perf_counter()
+        records = [r for recs in batch.values() for r in recs]
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        m = metrics.get()
+        m.kafka_consumed.inc(len(records))
+        m.kafka_batch_size.observe(len(records))
+        return started, records, offsets
+
     async def _process(
         self, records: Sequence[handler.Record]
     ) -> list[handler.Outgoing]:
-        s = self.settings
-        parsed = handler.parse(records, s.reply_topic, s.dlq_topic)
-        results = await self._score([a.request for a in parsed.accepted])
-        return parsed.dead_letters + handler.replies(
-            parsed.accepted, results, self.scorer.model_version
+        """Each record's answer: a reply, an error reply or a dead letter."""
+        routes = self.routes
+        parsed = handler.parse(records, routes)
+        dead = parsed.dead_letters
+        accepted = parsed.accepted
+        refused = await self.reply_topics.refused(
+            self._producer, {a.reply_to for a in accepted}
         )
+        if refused:
+            dead = dead + [
+                handler.dead_letter(
+                    a.record, *refused[a.reply_to], routes.dlq, routes.max_message_bytes
+                )
+                for a in accepted
+                if a.reply_to in refused
+            ]
+            accepted = [a for a in accepted if a.reply_to not in refused]
+        results = await self._score([a.request for a in accepted])
+        outgoing = dead + handler.replies(
+            accepted, results, self.scorer.model_version, routes
+        )
+        for o in outgoing:
+            if o.kind == "dead_letter":
+                _log_dead_letter(o)
+        return outgoing
 
     async def _score(self, requests: list[ChurnRequest]) -> list[Result]:
         if not requests:
@@ -325,10 +405,12 @@ class KafkaRunner:
                 metrics.get().kafka_errors.labels("feature_store").inc()
                 if attempt == self.settings.score_retries:
                     log.error(
-                        "event=score_failed requests=%d error=%r: replying with errors",
+                        "event=feature_store_down requests=%d error=%r: replying "
+                        "with retryable errors, pausing consumption until it answers",
                         len(requests),
                         exc.message,
                     )
+                    self._outage = FIRST_BACKOFF_SECONDS
                     return [
                         FeatureStoreUnavailable(
                             exc.message, customer_id=r.customer_id
@@ -339,20 +421,45 @@ class KafkaRunner:
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _wait_for_feature_store(self) -> None:
+        """Probe the feature store once, after the current backoff pause."""
+        delay = self._outage or FIRST_BACKOFF_SECONDS
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._executor, self.scorer.features.get, ["__probe__"]
+            )
+        except FeatureStoreUnavailable as exc:
+            self._outage = min(delay * 2, self.settings.outage_backoff_max_seconds)
+            log.warning(
+                "event=feature_store_still_down error=%r next_probe_s=%.1f",
+                exc.message,
+                self._outage,
+            )
+            return
+        log.info("event=feature_store_back: resuming consumption")
+        self._outage = None
+
     async def _send_all(
         self, outgoing: Sequence[handler.Outgoing]
-    ) -> list[asyncio.Future[Any]]:
+    ) -> list[asyncio.Future[list[handler.Outgoing]]]:
         """Hand a poll's records to the producer: one batch per partition.
 
         Records go to the partition the producer's own partitioner would pick
         (murmur2 of the key, as Java clients do), in order; one `send_batch`
         per partition instead of a `send` per record halves the producer's
         CPU per record. A batch that fills up is sent and another started.
-        Returns one future per batch, done when the broker has acknowledged it.
+        Returns one future per batch, done when the broker has acknowledged it
+        (or its dead letters, see `_delivered`).
         """
         producer = self._producer
         batches: dict[tuple[str, int], Any] = {}
-        acks: list[asyncio.Future[Any]] = []
+        members: dict[tuple[str, int], list[handler.Outgoing]] = {}
+        acks: list[asyncio.Future[list[handler.Outgoing]]] = []
         partitions: dict[str, tuple[list[int], list[int]]] = {}
         for o in outgoing:
             if o.topic not in partitions:
@@ -366,20 +473,80 @@ class KafkaRunner:
             batch = batches.get(tp)
             if batch is None:
                 batch = batches[tp] = producer.create_batch()
+                members[tp] = []
             if (
                 batch.append(
                     key=o.key, value=o.value, timestamp=None, headers=o.headers
                 )
                 is None
             ):
-                acks.append(await producer.send_batch(batch, tp[0], partition=tp[1]))
+                ack = await producer.send_batch(batch, tp[0], partition=tp[1])
+                acks.append(self._delivered(ack, members[tp]))
                 batch = batches[tp] = producer.create_batch()
+                members[tp] = []
                 batch.append(
                     key=o.key, value=o.value, timestamp=None, headers=o.headers
                 )
-        for (topic, partition), batch in batches.items():
-            acks.append(await producer.send_batch(batch, topic, partition=partition))
+            members[tp].append(o)
+        for tp, batch in batches.items():
+            ack = await producer.send_batch(batch, tp[0], partition=tp[1])
+            acks.append(self._delivered(ack, members[tp]))
         return acks
+
+    def _delivered(
+        self, ack: asyncio.Future[Any], records: list[handler.Outgoing]
+    ) -> asyncio.Future[list[handler.Outgoing]]:
+        """Done when `records` are acknowledged, or dead-lettered instead.
+
+        Replies the broker refuses for a reason of their own (topic not
+        authorized or gone, record too large) are dead-lettered, and their
+        topic remembered as refused; any other failure (timeout, broker
+        down) is raised, for the loop to rewind. In exactly-once mode a
+        refused reply aborts the transaction (nothing more can be sent in
+        it): the topic is remembered, so the redelivered poll dead-letters it.
+        """
+        return asyncio.ensure_future(self._deliver(ack, records))
+
+    async def _deliver(
+        self, ack: asyncio.Future[Any], records: list[handler.Outgoing]
+    ) -> list[handler.Outgoing]:
+        try:
+            await ack
+            return records
+        except Exception as exc:
+            reason = undeliverable(exc)
+            first = records[0]
+            if reason is None or first.kind == "dead_letter":
+                raise
+            message = (
+                f"the reply could not be produced to {first.topic!r}: "
+                f"{type(exc).__name__}"
+            )
+            # Replies are small: one too large means the topic's own limit is.
+            self.reply_topics.learn(first.topic, reason, message)
+            log.warning(
+                "event=reply_refused topic=%s reason=%s error=%s",
+                first.topic,
+                reason,
+                type(exc).__name__,
+            )
+            if self.settings.exactly_once:
+                raise
+        routes = self.routes
+        dead = [
+            handler.dead_letter(
+                o.source, reason, message, routes.dlq, routes.max_message_bytes
+            )
+            for o in records
+            if o.source is not None
+        ]
+        for o in dead:
+            _log_dead_letter(o)
+        return [
+            o
+            for batch in await asyncio.gather(*await self._send_all(dead))
+            for o in batch
+        ]
 
     def _partition(
         self, key: bytes | None, partitions: list[int], available: list[int]
@@ -398,7 +565,6 @@ class KafkaRunner:
         self,
         outgoing: list[handler.Outgoing],
         offsets: dict[Any, int],
-        records: int,
         started: float,
     ) -> None:
         async with self._producer.transaction():
@@ -466,8 +632,9 @@ class KafkaRunner:
             await asyncio.gather(*item.acks)
             offsets.update(item.offsets)
         await self._consumer.commit(offsets)
+        self._backoff = FIRST_BACKOFF_SECONDS
         for item in items:
-            self._record_done(item.outgoing, item.started)
+            self._record_done(item.outgoing(), item.started)
 
     def _record_done(self, outgoing: list[handler.Outgoing], started: float) -> None:
         m = metrics.get()
@@ -492,10 +659,12 @@ class KafkaRunner:
         """Forget polls in flight and rewind to the committed offsets."""
         metrics.get().kafka_errors.labels(stage).inc()
         log.warning(
-            "event=kafka_error stage=%s error=%s: %s; rewinding to committed offsets",
+            "event=kafka_error stage=%s error=%s: %s; rewinding to committed "
+            "offsets in %.1fs",
             stage,
             type(exc).__name__,
             exc,
+            self._backoff,
         )
         for item in self._pending:
             for ack in item.acks:
@@ -505,7 +674,24 @@ class KafkaRunner:
         # Whatever the committer saw is covered by this rewind.
         self._failure = None
         self._positions.clear()
-        await asyncio.sleep(0.5)
+        # Bounded exponential backoff: a broker that is down is not asked
+        # again and again, and the loop resumes by itself once it answers.
+        delay, self._backoff = (
+            self._backoff,
+            min(self._backoff * 2, self.settings.outage_backoff_max_seconds),
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        if self.settings.exactly_once:
+            # A transactional producer whose transaction failed on a refused
+            # record does not begin another (aiokafka): start a fresh one under
+            # the same transactional id, which also fences the old one.
+            try:
+                await self._replace_producer()
+            except Exception as start_exc:  # noqa: BLE001 - retried by the loop
+                log.warning("event=producer_restart_failed error=%r", start_exc)
+                self._failure = start_exc
+                return
         try:
             async with asyncio.timeout(15):
                 for tp in self._consumer.assignment():
@@ -521,6 +707,20 @@ class KafkaRunner:
             self._failure = seek_exc
             await asyncio.sleep(1.0)
 
+    async def _replace_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), 30)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+            raise
+        self._producer = producer
+
     async def _close_clients(self) -> None:
         for client in (self._consumer, self._producer):
             if client is not None:
@@ -535,3 +735,15 @@ class KafkaRunner:
         await self._close_clients()
         self._executor.shutdown(wait=False)
         log.info("event=kafka_runner_stopped instance=%s", self.instance)
+
+
+def _log_dead_letter(o: handler.Outgoing) -> None:
+    source = o.source
+    log.warning(
+        "event=dead_lettered reason=%s correlation_id=%s source=%s/%s/%s",
+        o.reason,
+        o.correlation_id,
+        source.topic if source else None,
+        source.partition if source else None,
+        source.offset if source else None,
+    )

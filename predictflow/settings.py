@@ -200,6 +200,23 @@ class KafkaSettings(BaseModel):
             "Reply and commit in one Kafka transaction; readers use read_committed."
         ),
     )
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description=(
+            "Consumer group session timeout: a runner not heard from for this "
+            "long loses its partitions to the others."
+        ),
+    )
+    transaction_timeout_ms: int = Field(
+        default=5000,
+        ge=1000,
+        description=(
+            "Exactly-once: the broker aborts a transaction left open this long. "
+            "Kept below session_timeout_ms, so a runner stalled long enough to "
+            "lose its partitions cannot commit the transaction it held open."
+        ),
+    )
     transactional_id: str = Field(
         default="predictflow-churn",
         description="Prefix of each runner's transactional id (exactly-once mode).",
@@ -267,6 +284,15 @@ class KafkaSettings(BaseModel):
     )
 
 
+def _check_kafka_timeouts(kafka: KafkaSettings) -> None:
+    if kafka.transaction_timeout_ms >= kafka.session_timeout_ms:
+        raise ValueError(
+            "kafka.transaction_timeout_ms must be below kafka.session_timeout_ms "
+            "(a zombie runner's open transaction must be aborted before its "
+            "partitions move)"
+        )
+
+
 class Settings(BaseSettings):
     """All PredictFlow settings."""
 
@@ -290,6 +316,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
+        _check_kafka_timeouts(self.kafka)
         if self.environment == "production":
             if self.feast.online_store == "sqlite":
                 raise ValueError(

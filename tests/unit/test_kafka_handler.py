@@ -10,6 +10,9 @@ from predictflow.contract import ChurnScore, ErrorReply
 
 DLQ = "churn-requests.dlq"
 DEFAULT_REPLY = "churn-responses"
+ROUTES = handler.Routes(
+    default_reply_to=DEFAULT_REPLY, dlq=DLQ, request_topic="churn-requests"
+)
 
 
 @dataclass
@@ -28,7 +31,7 @@ def req(body: object, **headers: str) -> FakeRecord:
 
 
 def parse(*records: FakeRecord) -> handler.Parsed:
-    return handler.parse(records, DEFAULT_REPLY, DLQ)
+    return handler.parse(records, ROUTES)
 
 
 def test_a_valid_request_is_accepted_with_its_reply_topic() -> None:
@@ -39,10 +42,15 @@ def test_a_valid_request_is_accepted_with_its_reply_topic() -> None:
             correlation_id="c2",
             reply_to="my-replies",
         ),
+        req({"customer_id": "a"}, correlation_id="c3", reply_to="billing.responses"),
     )
     assert parsed.dead_letters == []
-    assert [a.correlation_id for a in parsed.accepted] == ["c1", "c2"]
-    assert [a.reply_to for a in parsed.accepted] == [DEFAULT_REPLY, "my-replies"]
+    assert [a.correlation_id for a in parsed.accepted] == ["c1", "c2", "c3"]
+    assert [a.reply_to for a in parsed.accepted] == [
+        DEFAULT_REPLY,
+        "my-replies",
+        "billing.responses",
+    ]
     assert parsed.accepted[1].request.tenure == 3
 
 
@@ -63,7 +71,43 @@ def test_a_valid_request_is_accepted_with_its_reply_topic() -> None:
         (req([1, 2], correlation_id="c"), "validation_error"),
         (
             req({"customer_id": "a"}, correlation_id="c", reply_to="bad topic!"),
-            "invalid_reply_to",
+            "reply_topic_invalid",
+        ),
+        # Kafka refuses these two names although every character is legal.
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to="."),
+            "reply_topic_invalid",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to=".."),
+            "reply_topic_invalid",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to="x" * 250),
+            "reply_topic_invalid",
+        ),
+        # Not on the allow-list: internal topics, our own topics, anything else.
+        (
+            req(
+                {"customer_id": "a"}, correlation_id="c", reply_to="__consumer_offsets"
+            ),
+            "reply_topic_forbidden",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to="__x-replies"),
+            "reply_topic_forbidden",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to="churn-requests"),
+            "reply_topic_forbidden",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to=DLQ),
+            "reply_topic_forbidden",
+        ),
+        (
+            req({"customer_id": "a"}, correlation_id="c", reply_to="payments"),
+            "reply_topic_forbidden",
         ),
     ],
 )
@@ -101,17 +145,60 @@ def test_order_and_mix_are_kept() -> None:
 
 def test_replies_carry_correlation_id_model_version_and_key() -> None:
     parsed = parse(
-        req({"customer_id": "a"}, correlation_id="1", reply_to="r1"),
+        req({"customer_id": "a"}, correlation_id="1", reply_to="r1-replies"),
         req({"customer_id": "b"}, correlation_id="2"),
     )
     results = [
         ChurnScore(customer_id="a", churn_probability=0.5, model_version="m:3"),
         ErrorReply(customer_id="b", error="unknown_customer", message="who?"),
     ]
-    out = handler.replies(parsed.accepted, results, "m:3")
-    assert [o.topic for o in out] == ["r1", DEFAULT_REPLY]
+    out = handler.replies(parsed.accepted, results, "m:3", ROUTES)
+    assert [o.topic for o in out] == ["r1-replies", DEFAULT_REPLY]
     assert [o.key for o in out] == [b"a", b"b"]
     assert [o.kind for o in out] == ["score", "error"]
     assert dict(out[0].headers) == {"correlation_id": b"1", "model_version": b"m:3"}
     assert ChurnScore.model_validate_json(out[0].value or b"") == results[0]
     assert ErrorReply.model_validate_json(out[1].value or b"") == results[1]
+
+
+def test_a_custom_pattern_replaces_the_default_allow_list() -> None:
+    routes = handler.Routes(DEFAULT_REPLY, DLQ, "churn-requests", pattern=r"team-a\..+")
+    assert routes.refuse("team-a.inbox") is None
+    assert routes.refuse(DEFAULT_REPLY) is None
+    refused = routes.refuse("my-replies")
+    assert refused is not None and refused[0] == "reply_topic_forbidden"
+
+
+def test_a_dead_letter_over_the_limit_is_truncated_and_says_so() -> None:
+    import hashlib
+
+    value = b"x" * 999_000
+    record = FakeRecord(value, [("correlation_id", b"c"), ("big", b"y" * 5000)])
+    (dead,) = parse(record).dead_letters
+    headers = dict(dead.headers)
+    size = len(dead.key or b"") + len(dead.value or b"")
+    size += sum(len(k) + len(v) for k, v in dead.headers)
+    assert size <= ROUTES.max_message_bytes - 1024
+    assert headers["error_type"] == b"invalid_json"
+    assert headers["correlation_id"] == b"c"  # small headers stay
+    assert "big" not in headers
+    assert headers["dlq_truncated"] == b"true"
+    assert headers["original_size"] == str(len(value)).encode()
+    assert headers["original_sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert value.startswith(dead.value or b"-")
+
+
+def test_a_small_dead_letter_is_not_truncated() -> None:
+    (dead,) = parse(req(b"x" * 1000, correlation_id="c")).dead_letters
+    assert "dlq_truncated" not in dict(dead.headers)
+    assert dead.value == b"x" * 1000
+
+
+def test_a_request_whose_scoring_failed_is_answered_and_dead_lettered() -> None:
+    parsed = parse(req({"customer_id": "a"}, correlation_id="1"))
+    failed = ErrorReply(customer_id="a", error="internal_error", message="failed")
+    reply, dead = handler.replies(parsed.accepted, [failed], "m:3", ROUTES)
+    assert reply.topic == DEFAULT_REPLY and reply.kind == "error"
+    assert dead.topic == DLQ and dead.reason == "scoring_failed"
+    assert dict(dead.headers)["source_offset"] == b"42"
+    assert dead.value == parsed.accepted[0].record.value

@@ -171,14 +171,14 @@ async def test_commits_follow_acks_in_poll_order(committing: KafkaRunner) -> Non
     ack1, ack2, ack3 = queue(r, 10, 20, 30)
     # The second poll is acknowledged first: nothing may be committed
     # before the first is.
-    ack2.set_result(None)
+    ack2.set_result([])
     await settle()
     assert r._consumer.commits == []
-    ack1.set_result(None)
+    ack1.set_result([])
     await settle()
     # One commit for both acknowledged polls, none past the third.
     assert r._consumer.commits == [{"tp": 20}]
-    ack3.set_result(None)
+    ack3.set_result([])
     await settle()
     assert r._consumer.commits == [{"tp": 20}, {"tp": 30}]
     assert not r._pending
@@ -189,7 +189,7 @@ async def test_a_failed_ack_is_handed_to_the_loop_and_nothing_after_it_commits(
 ) -> None:
     r = committing
     ack1, ack2 = queue(r, 10, 20)
-    ack2.set_result(None)
+    ack2.set_result([])
     ack1.set_exception(RuntimeError("broker said no"))
     await settle()
     assert r._consumer.commits == []
@@ -204,8 +204,8 @@ async def test_no_commit_gets_past_a_failed_poll_not_even_a_drain(
     r = committing
     ack1, ack2, ack3 = queue(r, 10, 20, 30)
     ack2.set_exception(RuntimeError("record too large"))
-    ack3.set_result(None)
-    ack1.set_result(None)
+    ack3.set_result([])
+    ack1.set_result([])
     await settle()
     # The first poll is committed; the failed one stays first in line.
     assert r._consumer.commits == [{"tp": 10}]
