@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,10 +25,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from predictflow.contract import ChurnScore, ErrorReply
-from tests.kafka_support import Topics, read_all
-from tests.support import ConsumerProcess, Workspace
+from predictflow.data import load_telco
+from tests.kafka_support import Topics, publish, read_all
+from tests.support import ConsumerProcess, RedisServer, Workspace, wait_for
+
+CUSTOMERS = load_telco()["customer_id"].tolist()
 
 #: Longest a bad record may hold its partition: seconds, not the 40 s or
 #: forever of the faults this guards against.
@@ -35,6 +41,9 @@ WITHIN_S = 20.0
 BAD_ROW = "9999-BADROW"
 #: A reply topic whose own size limit refuses every reply.
 TINY = "tiny-replies"
+#: The dead-letter topic's size limit here, and the runner's limit under it.
+DLQ_LIMIT = 300_000
+RUNNER_LIMIT = 250_000
 
 
 @dataclass
@@ -73,13 +82,30 @@ store.write_to_online_store("customer_stats_fv", row)
     )
 
 
-async def _create_tiny_topic(bootstrap: str, name: str) -> None:
+async def _size_topics(bootstrap: str, topics: Topics) -> None:
+    """A reply topic that refuses every reply; a dead-letter topic of 300 kB."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
             # Room for a transaction marker (~80 bytes), none for a reply.
-            [NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "128"})]
+            [
+                NewTopic(
+                    f"{topics.group}-{TINY}",
+                    1,
+                    1,
+                    topic_configs={"max.message.bytes": "128"},
+                )
+            ]
+        )
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    topics.dlq,
+                    {"max.message.bytes": str(DLQ_LIMIT)},
+                )
+            ]
         )
     finally:
         await admin.close()
@@ -91,13 +117,14 @@ def faulty(
 ) -> Iterator[Faulty]:
     mode = request.param
     topics = Topics.fresh(f"faults-{mode}", kafka_bootstrap)
-    asyncio.run(_create_tiny_topic(kafka_bootstrap, f"{topics.group}-{TINY}"))
+    asyncio.run(_size_topics(kafka_bootstrap, topics))
     _write_bad_row(workspace)
     env = {
         **workspace.env,
         **topics.env(kafka_bootstrap),
         "PREDICTFLOW_KAFKA__EXACTLY_ONCE": str(mode == "exactly_once").lower(),
         "PREDICTFLOW_KAFKA__INSTANCE_ID": topics.group,
+        "PREDICTFLOW_KAFKA__MAX_MESSAGE_BYTES": str(RUNNER_LIMIT),
     }
     logs = workspace.root / "consumers" / topics.group
     logs.mkdir(parents=True)
@@ -241,10 +268,11 @@ def test_a_reply_the_broker_refuses_is_dead_lettered(faulty: Faulty) -> None:
     _assert_dead_lettered_and_next_answered(faulty, bad, good, "record_too_large")
 
 
-def test_a_record_near_the_broker_limit_is_dead_lettered_truncated(
+def test_a_record_too_large_for_the_dead_letter_topic_is_truncated(
     faulty: Faulty,
 ) -> None:
-    value = b"{" + b" " * 999_000
+    """Its copy, with the error headers, would not fit: it is cut, and says so."""
+    value = b"{" + b" " * (DLQ_LIMIT + 100_000)
     bad, good = _bad_then_good(faulty, "k-large", value, padding="p" * 10_000)
     headers = _assert_dead_lettered_and_next_answered(faulty, bad, good, "invalid_json")
     assert headers["dlq_truncated"] == b"true"
@@ -294,3 +322,82 @@ def test_after_a_restart_nothing_is_dead_lettered_or_answered_again(
     for cid, replies in before_replies.items():
         assert len(after_replies[cid]) == len(replies), cid
     assert faulty.runner.terminate() == 0
+
+
+def _replica_of(primary: str, workdir: Path) -> RedisServer:
+    """A Redis of this test's own with the primary's data (it may be stopped)."""
+    import redis
+
+    own = RedisServer(workdir)
+    client = redis.Redis(port=own.port)
+    host, port = primary.split(":")
+    client.replicaof(host, int(port))
+    wait_for(
+        lambda: (
+            client.info("replication")["master_link_status"] == "up"
+            and client.dbsize() > 0
+        ),
+        30,
+        "the replica's first sync",
+    )
+    client.replicaof("NO", "ONE")
+    client.close()
+    return own
+
+
+def test_a_feature_store_outage_pauses_consumption_and_resumes(
+    redis_workspace: Workspace, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Requests in an outage get retryable errors or wait; none is lost or doubled."""
+    topics = Topics.fresh("outage", kafka_bootstrap)
+    primary = redis_workspace.env["PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"]
+    own = _replica_of(primary, tmp_path / "redis")
+    env = {
+        **redis_workspace.env,
+        **topics.env(kafka_bootstrap),
+        "PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING": own.address,
+        "PREDICTFLOW_KAFKA__INSTANCE_ID": topics.group,
+    }
+    runner = _start(env, tmp_path / "runner.log")
+    try:
+        before = asyncio.run(publish(kafka_bootstrap, topics.request, CUSTOMERS[:20]))
+        assert set(before.records) <= set(
+            asyncio.run(
+                read_all(kafka_bootstrap, topics.reply, until=set(before.records))
+            )
+        )
+        os.kill(own.proc.pid, signal.SIGSTOP)
+        try:
+            during = asyncio.run(
+                publish(kafka_bootstrap, topics.request, CUSTOMERS[20:50], rate=10)
+            )
+            wait_for(
+                lambda: "event=feature_store_down" in runner.logs(),
+                60,
+                "the runner to see the outage",
+            )
+        finally:
+            os.kill(own.proc.pid, signal.SIGCONT)
+        ids = set(before.records) | set(during.records)
+        replies = asyncio.run(
+            read_all(kafka_bootstrap, topics.reply, until=ids, wait_s=120, settle=2.0)
+        )
+    finally:
+        logs = runner.logs()
+        runner.terminate()
+        own.stop()
+    assert ids <= set(replies), f"{len(ids - set(replies))} requests lost"
+    assert not {cid for cid in ids if len(replies[cid]) > 1}, "replies repeated"
+    kinds: dict[str, int] = {}
+    for cid in during.records:
+        body = replies[cid][0][0]
+        if "error" in body:
+            error = ErrorReply.model_validate(body)
+            assert error.error == "feature_store_unavailable" and error.retryable
+            kinds["error"] = kinds.get("error", 0) + 1
+        else:
+            ChurnScore.model_validate(body)
+            kinds["score"] = kinds.get("score", 0) + 1
+    # Some were told to retry; the rest waited and were scored once it was back.
+    assert kinds.get("error") and kinds.get("score"), kinds
+    assert "event=feature_store_back" in logs
