@@ -46,6 +46,7 @@ from typing import Any
 
 from consumers import handler
 from consumers.reply_topics import ReplyTopics, undeliverable
+from consumers.security import client_security
 from predictflow import metrics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.errors import FeatureStoreUnavailable
@@ -195,6 +196,7 @@ class KafkaRunner:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_min_bytes=s.fetch_min_bytes,
             session_timeout_ms=s.session_timeout_ms,
+            **client_security(s),
         )
         self._consumer.subscribe([s.request_topic], listener=_Listener())
         await self._producer.start()
@@ -221,6 +223,7 @@ class KafkaRunner:
             "linger_ms": 0,
             "max_request_size": s.max_message_bytes + 64 * 1024,
             "transaction_timeout_ms": s.transaction_timeout_ms,
+            **client_security(s),
         }
         if s.exactly_once:
             producer_args["transactional_id"] = f"{s.transactional_id}-{self.instance}"

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +141,30 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str | None = Field(
         default=None,
         description="Comma-separated brokers; unset turns the Kafka runner off.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description=(
+            "How clients reach the brokers: PLAINTEXT (local only), SSL (TLS, "
+            "optionally mutual), or SASL_SSL (TLS plus a SASL login)."
+        ),
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (SASL_SSL)."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (never logged or shown)."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the brokers' certificates.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate (PEM), for mutual TLS."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="Client private key (PEM), for mutual TLS."
     )
     request_topic: str = Field(
         default="churn-requests", description="Topic the runner consumes."
@@ -284,6 +308,18 @@ class KafkaSettings(BaseModel):
     )
 
 
+def _check_kafka_security(kafka: KafkaSettings) -> None:
+    if kafka.security_protocol == "SASL_SSL" and not (
+        kafka.sasl_username and kafka.sasl_password
+    ):
+        raise ValueError(
+            "kafka.security_protocol SASL_SSL needs kafka.sasl_username and "
+            "kafka.sasl_password"
+        )
+    if (kafka.ssl_certfile is None) != (kafka.ssl_keyfile is None):
+        raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together")
+
+
 def _check_kafka_timeouts(kafka: KafkaSettings) -> None:
     if kafka.transaction_timeout_ms >= kafka.session_timeout_ms:
         raise ValueError(
@@ -317,6 +353,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         _check_kafka_timeouts(self.kafka)
+        _check_kafka_security(self.kafka)
         if self.environment == "production":
             if self.feast.online_store == "sqlite":
                 raise ValueError(
