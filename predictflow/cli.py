@@ -43,7 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         help="Kafka brokers (default: PREDICTFLOW_KAFKA__BOOTSTRAP_SERVERS, "
         "else 127.0.0.1:9092)",
     )
+    token = sub.add_parser("token", help="bearer tokens of the REST door")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    new = token_sub.add_parser(
+        "new", help="print a new random token once, and its tokens-file line"
+    )
+    new.add_argument("name", help="who the token is for (shown in logs and metrics)")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        from predictflow import auth
+
+        made = auth.new_token(args.name)
+        sys.stdout.write(
+            f"token (shown once; give it to the caller): {made.token}\n"
+            f"line for PREDICTFLOW_AUTH__TOKENS_FILE: {made.line}\n"
+        )
+        return 0
     settings = get_settings()
     log.configure(settings.log_level)
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +131,27 @@ class ServingSettings(BaseModel):
         description=(
             "Largest request body read on any route (413 past it). A full "
             "`/predict_batch` of 1,000 customers is ~0.6 MB."
+        ),
+    )
+
+
+class AuthSettings(BaseModel):
+    """Who may call the REST door."""
+
+    tokens_file: Path | None = Field(
+        default=None,
+        description=(
+            "File of `name:sha256hex` lines (SHA-256 of each bearer token; `#` "
+            "comments allowed), re-read when it changes. Set: every route but "
+            "/livez and /readyz needs `Authorization: Bearer <token>`. Unset: "
+            "the service is open (refused when environment is production)."
+        ),
+    )
+    protect_metrics: bool = Field(
+        default=False,
+        description=(
+            "Also require a token on /metrics (off: Prometheus scrapes it with "
+            "the network policy or its own credentials in front)."
         ),
     )
 
@@ -338,6 +359,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         default="development",
+        validation_alias=AliasChoices("PREDICTFLOW_ENV", "PREDICTFLOW_ENVIRONMENT"),
         description="`production` refuses embedded stores meant for one machine.",
     )
     data_dir: Path = Field(
@@ -349,6 +371,7 @@ class Settings(BaseSettings):
     feast: FeastSettings = Field(default_factory=FeastSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -364,6 +387,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "production serves a pinned model: set "
                     "PREDICTFLOW_SERVING__MODEL_TAG=churn-predictor:<version>"
+                )
+            if self.auth.tokens_file is None:
+                raise ValueError(
+                    "production does not serve open: set PREDICTFLOW_AUTH__TOKENS_FILE "
+                    "(see `predictflow token new NAME`)"
                 )
         return self
 

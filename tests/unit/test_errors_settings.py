@@ -66,6 +66,7 @@ def test_production_refuses_embedded_store_and_floating_model(
     with pytest.raises(ValidationError, match="MODEL_TAG"):
         Settings()
     monkeypatch.setenv("PREDICTFLOW_SERVING__MODEL_TAG", "churn-predictor:3")
+    monkeypatch.setenv("PREDICTFLOW_AUTH__TOKENS_FILE", "/etc/predictflow/tokens")
     assert Settings().serving.model_tag == "churn-predictor:3"
 
 
@@ -94,3 +95,42 @@ def test_redis_client_options_are_added_unless_the_string_sets_them() -> None:
     assert redis_connection(own) == (
         "redis:6379,socket_timeout=5,socket_connect_timeout=1,retry=null"
     )
+
+
+def test_production_refuses_to_serve_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREDICTFLOW_ENV", "production")
+    monkeypatch.setenv("PREDICTFLOW_FEAST__ONLINE_STORE", "redis")
+    monkeypatch.setenv("PREDICTFLOW_SERVING__MODEL_TAG", "churn-predictor:3")
+    with pytest.raises(ValidationError, match="TOKENS_FILE"):
+        Settings()
+    monkeypatch.setenv("PREDICTFLOW_AUTH__TOKENS_FILE", "/etc/predictflow/tokens")
+    assert Settings().environment == "production"
+
+
+def test_the_kafka_password_never_shows_in_a_settings_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__SASL_USERNAME", "predictflow")
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__SASL_PASSWORD", "hunter2-secret")
+    settings = Settings()
+    assert "hunter2-secret" not in settings.model_dump_json()
+    assert "hunter2-secret" not in repr(settings)
+    from consumers.security import client_security
+
+    args = client_security(settings.kafka)
+    assert args["sasl_plain_password"] == "hunter2-secret"  # noqa: S105
+
+
+def test_sasl_needs_a_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ValidationError, match="sasl_username"):
+        Settings()
+
+
+def test_a_zombie_transaction_times_out_before_its_partitions_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__TRANSACTION_TIMEOUT_MS", "20000")
+    with pytest.raises(ValidationError, match="session_timeout_ms"):
+        Settings()
