@@ -6,9 +6,15 @@ to it is a change to the public contract and must be made on purpose.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 #: Hard upper bound of one batch request; the service may configure a lower one.
 MAX_BATCH_SIZE = 1000
@@ -101,17 +107,43 @@ class CustomerFeatures(_Strict):
     )
 
 
+#: The fields of `CustomerFeatures`: the model's inputs, what a reason names.
+FEATURE_COUNT = len(CustomerFeatures.model_fields)
+
+
 class ChurnRequest(CustomerFeatures):
     """Score one customer: stored features, overridden by any field given here."""
 
     customer_id: CustomerId
+    explain: int = Field(
+        default=0,
+        ge=0,
+        le=FEATURE_COUNT,
+        description=(
+            "Return the reasons of the score: the this-many customer fields that "
+            "moved it most (0: none, the fast default)."
+        ),
+    )
 
     def overrides(self) -> dict[str, object]:
         """The request-time feature values that were given (not None)."""
-        given = self.model_fields_set - {"customer_id"}
+        given = self.model_fields_set - {"customer_id", "explain"}
         if not given:  # the usual request: a customer id alone
             return {}
         return self.model_dump(include=given, exclude_none=True)
+
+
+class Reason(_Strict):
+    """How much one customer field moved a score, exactly (XGBoost TreeSHAP)."""
+
+    feature: str = Field(description="The customer field, e.g. `contract`.")
+    value: str | int | float | bool = Field(description="Its value in this score.")
+    contribution: float = Field(
+        description=(
+            "Its contribution to the log-odds of churn (one-hot columns summed "
+            "back to the field): > 0 raises the risk, < 0 lowers it."
+        )
+    )
 
 
 class ChurnScore(_Strict):
@@ -124,6 +156,29 @@ class ChurnScore(_Strict):
     model_version: str = Field(
         description="Model that scored, e.g. `churn-predictor:3`."
     )
+    reasons: list[Reason] | None = Field(
+        default=None,
+        description=(
+            "With `explain` = k: the k fields with the largest |contribution|, "
+            "largest first. sigmoid(base_log_odds + the sum of every field's "
+            "contribution) = churn_probability."
+        ),
+    )
+    base_log_odds: float | None = Field(
+        default=None,
+        description="With `explain`: the model's log-odds before any field.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_reasons(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # A score without `explain` stays byte for byte what it always was.
+        data: dict[str, Any] = handler(self)
+        if self.reasons is None:
+            data.pop("reasons", None)
+            data.pop("base_log_odds", None)
+        return data
 
 
 class ErrorReply(_Strict):
@@ -166,6 +221,7 @@ def json_schemas() -> dict[str, dict[str, object]]:
     models: list[type[BaseModel]] = [
         ChurnRequest,
         ChurnScore,
+        Reason,
         ErrorReply,
         ChurnBatchRequest,
         ChurnBatchResponse,

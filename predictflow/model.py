@@ -50,6 +50,19 @@ class ChurnModel:
         booster.set_param({"nthread": 1})
         return cls(booster, version)
 
+    def contributions(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Exact per-column contributions to each row's log-odds (TreeSHAP).
+
+        One row per input row, one column per encoded feature plus the bias
+        last; each row sums to the row's log-odds.
+        """
+        import xgboost as xgb
+
+        matrix = xgb.DMatrix(x, feature_names=list(ENCODED_FEATURES))
+        return np.asarray(
+            self.booster.predict(matrix, pred_contribs=True), dtype=np.float64
+        )
+
     def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Churn probability of each row."""
         if len(x) == 0:

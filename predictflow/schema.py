@@ -45,6 +45,12 @@ ENCODED_FEATURES: tuple[str, ...] = (
     *(f"{name}={value}" for name, values in CATEGORICAL.items() for value in values),
 )
 
+#: For each encoded column, the index in FEATURES of the field it encodes:
+#: contributions of one-hot columns add up to their field's.
+FIELD_OF_COLUMN: tuple[int, ...] = tuple(
+    FEATURES.index(column.split("=", 1)[0]) for column in ENCODED_FEATURES
+)
+
 _OFFSETS: dict[str, int] = {}
 _position = len(NUMERIC) + len(BOOLEAN)
 for _name, _values in CATEGORICAL.items():

@@ -12,11 +12,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from predictflow import metrics
-from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply, Reason
 from predictflow.errors import FeatureStoreUnavailable, ScoringFailed, UnknownCustomer
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES, encode_rows
+from predictflow.schema import FEATURES, FIELD_OF_COLUMN, encode_rows
 
 log = logging.getLogger("predictflow.scoring")
 
@@ -121,7 +124,8 @@ class Scorer:
             merged.append({**(base or {}), **override})
 
         if to_score:
-            probabilities = self.model.predict(encode_rows(merged))
+            x = encode_rows(merged)
+            probabilities = self.model.predict(x)
             for i, p in zip(to_score, probabilities.tolist(), strict=True):
                 results[i] = ChurnScore(
                     customer_id=requests[i].customer_id,
@@ -129,9 +133,55 @@ class Scorer:
                     model_version=self.model.version,
                 )
                 m.scores.observe(p)
+            explained = [j for j, i in enumerate(to_score) if requests[i].explain]
+            if explained:
+                self._explain(requests, results, to_score, merged, x, explained)
             m.predictions.labels(source, "scored").inc(len(to_score))
         if len(to_score) < len(requests):
             m.predictions.labels(source, "unknown_customer").inc(
                 len(requests) - len(to_score)
             )
         return [r for r in results if r is not None]
+
+    def _explain(
+        self,
+        requests: Sequence[ChurnRequest],
+        results: list[Result | None],
+        to_score: list[int],
+        merged: list[Mapping[str, object]],
+        x: npt.NDArray[np.float32],
+        explained: list[int],
+    ) -> None:
+        """Add reasons to the scores of requests that asked (only those pay)."""
+        contributions = self.model.contributions(x[explained])
+        per_field = np.zeros((len(explained), len(FEATURES)))
+        np.add.at(per_field.T, np.asarray(FIELD_OF_COLUMN), contributions[:, :-1].T)
+        for row, j in enumerate(explained):
+            i = to_score[j]
+            score = results[i]
+            if not isinstance(score, ChurnScore):  # pragma: no cover - set above
+                continue
+            order = np.argsort(-np.abs(per_field[row]), kind="stable")
+            reasons = [
+                Reason(
+                    feature=FEATURES[f],
+                    value=_plain(merged[j][FEATURES[f]]),
+                    contribution=float(per_field[row, f]),
+                )
+                for f in order[: requests[i].explain]
+            ]
+            results[i] = score.model_copy(
+                update={
+                    "reasons": reasons,
+                    "base_log_odds": float(contributions[row, -1]),
+                }
+            )
+
+
+def _plain(value: object) -> str | int | float | bool:
+    """A stored value as the JSON scalar a reason shows (numpy scalars unwrapped)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -131,3 +131,60 @@ def test_a_row_the_model_cannot_encode_fails_only_its_own_request(
 def test_feature_store_outage_replies_are_retryable() -> None:
     reply = FeatureStoreUnavailable("store down", customer_id="A").to_reply()
     assert reply.retryable and reply.error == "feature_store_unavailable"
+
+
+def _sigmoid(z: float) -> float:
+    import math
+
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_reasons_add_up_to_the_score(
+    source: FakeFeatures, small_model: ChurnModel
+) -> None:
+    requests = [ChurnRequest(customer_id=c, explain=len(FEATURES)) for c in "AB"]
+    for result in Scorer(source, small_model).score(requests, source="test"):
+        assert isinstance(result, ChurnScore) and result.reasons is not None
+        assert result.base_log_odds is not None
+        assert {r.feature for r in result.reasons} == set(FEATURES)
+        total = result.base_log_odds + sum(r.contribution for r in result.reasons)
+        assert _sigmoid(total) == pytest.approx(result.churn_probability, abs=1e-5)
+
+
+def test_reasons_are_the_largest_fields_named_by_the_contract(
+    source: FakeFeatures, small_model: ChurnModel
+) -> None:
+    (top3,) = Scorer(source, small_model).score(
+        [ChurnRequest(customer_id="A", explain=3)], source="test"
+    )
+    (every,) = Scorer(source, small_model).score(
+        [ChurnRequest(customer_id="A", explain=len(FEATURES))], source="test"
+    )
+    assert isinstance(top3, ChurnScore) and isinstance(every, ChurnScore)
+    assert top3.reasons is not None and every.reasons is not None
+    assert top3.reasons == every.reasons[:3]
+    sizes = [abs(r.contribution) for r in every.reasons]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all("=" not in r.feature for r in every.reasons)
+    by_name = {r.feature: r for r in every.reasons}
+    assert by_name["contract"].value == ROW["contract"]
+
+
+def test_a_score_without_explain_is_unchanged_byte_for_byte(
+    source: FakeFeatures, small_model: ChurnModel
+) -> None:
+    scorer = Scorer(source, small_model)
+    (plain,) = scorer.score([ChurnRequest(customer_id="A")], source="test")
+    (explained,) = scorer.score(
+        [ChurnRequest(customer_id="A", explain=2)], source="test"
+    )
+    assert isinstance(plain, ChurnScore) and isinstance(explained, ChurnScore)
+    assert plain.model_dump_json() == (
+        '{"customer_id":"A","churn_probability":'
+        f'{plain.churn_probability},"model_version":"churn-predictor:test"}}'
+    )
+    assert explained.churn_probability == plain.churn_probability
+
+
+def test_explain_is_not_an_override() -> None:
+    assert ChurnRequest(customer_id="A", explain=3).overrides() == {}
