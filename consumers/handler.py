@@ -267,7 +267,16 @@ def replies(
                 value=result.model_dump_json().encode(),
                 headers=[
                     (CORRELATION_ID, item.correlation_id.encode()),
-                    (MODEL_VERSION, model_version.encode()),
+                    # The version that scored this request: a swap between two
+                    # polls must not mislabel a reply.
+                    (
+                        MODEL_VERSION,
+                        (
+                            result.model_version
+                            if isinstance(result, ChurnScore)
+                            else model_version
+                        ).encode(),
+                    ),
                 ],
                 kind="score" if isinstance(result, ChurnScore) else "error",
                 reason=None if isinstance(result, ChurnScore) else result.error,

@@ -28,6 +28,7 @@ class Metrics:
     gc_pause_seconds: Histogram
     scores: Histogram
     model_info: Gauge
+    model_reloads: Counter
     kafka_consumed: Counter
     kafka_replied: Counter
     kafka_dead_lettered: Counter
@@ -73,6 +74,12 @@ def get() -> Metrics:
             "1 for the model version each process serves.",
             ["model_version"],
             multiprocess_mode="max",
+        ),
+        model_reloads=Counter(
+            "predictflow_model_reload",
+            "Attempts to serve a new version of the followed alias, by outcome "
+            "(swapped, refused, failed).",
+            ["outcome"],
         ),
         kafka_consumed=Counter(
             "predictflow_kafka_consumed", "Request records consumed."

@@ -124,18 +124,21 @@ class Scorer:
             merged.append({**(base or {}), **override})
 
         if to_score:
+            # Read once: a model swapped in meanwhile (`lifecycle`) scores the
+            # next batch; this one is scored and explained by one model.
+            model = self.model
             x = encode_rows(merged)
-            probabilities = self.model.predict(x)
+            probabilities = model.predict(x)
             for i, p in zip(to_score, probabilities.tolist(), strict=True):
                 results[i] = ChurnScore(
                     customer_id=requests[i].customer_id,
                     churn_probability=p,
-                    model_version=self.model.version,
+                    model_version=model.version,
                 )
                 m.scores.observe(p)
             explained = [j for j, i in enumerate(to_score) if requests[i].explain]
             if explained:
-                self._explain(requests, results, to_score, merged, x, explained)
+                self._explain(model, requests, results, to_score, merged, x, explained)
             m.predictions.labels(source, "scored").inc(len(to_score))
         if len(to_score) < len(requests):
             m.predictions.labels(source, "unknown_customer").inc(
@@ -145,6 +148,7 @@ class Scorer:
 
     def _explain(
         self,
+        model: ChurnModel,
         requests: Sequence[ChurnRequest],
         results: list[Result | None],
         to_score: list[int],
@@ -153,7 +157,7 @@ class Scorer:
         explained: list[int],
     ) -> None:
         """Add reasons to the scores of requests that asked (only those pay)."""
-        contributions = self.model.contributions(x[explained])
+        contributions = model.contributions(x[explained])
         per_field = np.zeros((len(explained), len(FEATURES)))
         np.add.at(per_field.T, np.asarray(FIELD_OF_COLUMN), contributions[:, :-1].T)
         for row, j in enumerate(explained):

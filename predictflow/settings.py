@@ -135,6 +135,27 @@ class ServingSettings(BaseModel):
     )
 
 
+class ModelSettings(BaseModel):
+    """Which registered model version serves, and how often that is checked."""
+
+    alias: str = Field(
+        default="champion",
+        description=(
+            "MLflow alias this process follows: `champion` on stable pods, "
+            "`challenger` on canary pods."
+        ),
+    )
+    refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How often the registry is asked which version the alias names; a "
+            "new one is loaded, validated and swapped in without a restart. "
+            "0: serve the Bento-store model only."
+        ),
+    )
+
+
 class AuthSettings(BaseModel):
     """Who may call the REST door."""
 
@@ -372,6 +393,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
