@@ -21,6 +21,7 @@ from consumers.runner import KafkaRunner
 from predictflow import log as pf_log
 from predictflow import metrics, runtime
 from predictflow.features import OnlineFeatures
+from predictflow.lifecycle import ModelFollower
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
 from predictflow.settings import Settings, get_settings
@@ -50,22 +51,27 @@ async def main() -> None:
 
     start_http_server(settings.kafka.metrics_port, addr="0.0.0.0")  # noqa: S104
     instance = settings.kafka.instance_id or socket.gethostname()
-    runner = KafkaRunner(
-        build_scorer(settings), settings.kafka, instance=instance, score_inline=True
-    )
+    scorer = build_scorer(settings)
+    runner = KafkaRunner(scorer, settings.kafka, instance=instance, score_inline=True)
     # Everything loaded so far lives as long as the process: out of the
     # collector's way (a full collection walked Feast's and pandas' objects
     # every few polls: a third of the runner's CPU under load).
     runtime.settle_heap()
     loop = asyncio.get_running_loop()
     serving = asyncio.create_task(runner.serve())
+    stopping = asyncio.Event()
+    # Held so the task is not garbage-collected while it runs.
+    following = asyncio.create_task(ModelFollower(scorer, settings).run(stopping))
 
     def on_signal() -> None:
+        stopping.set()
         loop.create_task(runner.stop())
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     await serving
+    stopping.set()
+    await following
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,10 @@ class ModelFollower:
         return self._swap(version)
 
     def _alias_version(self) -> str | None:
+        # A serving log is no place for progress bars or a dependency's
+        # deprecation notices.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        warnings.filterwarnings("ignore", message=".*noload.* loader strategy")
         from mlflow.exceptions import MlflowException
 
         from predictflow.registry import client

@@ -1,0 +1,81 @@
+"""The standalone Kafka runner follows its alias mid-stream: none lost, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from predictflow.data import load_telco
+from predictflow.registry import get_champion
+from predictflow.settings import Settings
+from tests.kafka_support import Topics, publish, read_all
+from tests.registry_support import register, set_alias, small_booster
+from tests.support import ConsumerProcess, Workspace
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*Any type hint is inferred:UserWarning"
+)
+CUSTOMERS = load_telco()["customer_id"].tolist()
+#: The runner's own alias, so the session's champion (other tests) stays put.
+ALIAS = "kafka-follow"
+
+
+def test_the_runner_swaps_models_mid_stream_losing_and_doubling_nothing(
+    workspace: Workspace, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=Path(workspace.env["PREDICTFLOW_DATA_DIR"]),
+        mlflow={"tracking_uri": None},
+    )
+    champion = get_champion(settings)
+    assert champion is not None
+    set_alias(settings, ALIAS, champion.version)
+    # Registered before the stream: mid-stream only the alias moves.
+    new = register(settings, small_booster(5), f"{ALIAS}-next")
+    topics = Topics.fresh("follow", kafka_bootstrap)
+    env = {
+        **workspace.env,
+        **topics.env(kafka_bootstrap),
+        "PREDICTFLOW_KAFKA__INSTANCE_ID": topics.group,
+        "PREDICTFLOW_MODEL__ALIAS": ALIAS,
+        "PREDICTFLOW_MODEL__REFRESH_SECONDS": "1",
+    }
+    runner = ConsumerProcess(env, tmp_path / "runner.log")
+    try:
+        runner.wait_assigned()
+
+        async def stream_and_promote() -> object:
+            sending = asyncio.create_task(
+                publish(kafka_bootstrap, topics.request, CUSTOMERS[:6000], rate=200)
+            )
+            await asyncio.sleep(10)
+            await asyncio.to_thread(set_alias, settings, ALIAS, new)
+            return await sending
+
+        sent = asyncio.run(stream_and_promote())
+        ids = set(sent.records)  # type: ignore[attr-defined]
+        replies = asyncio.run(
+            read_all(kafka_bootstrap, topics.reply, until=ids, wait_s=120, settle=2.0)
+        )
+        logs = runner.logs()
+    finally:
+        runner.terminate()
+    assert ids <= set(replies), f"{len(ids - set(replies))} requests lost"
+    assert not [c for c in ids if len(replies[c]) > 1], "a request scored twice"
+    old, new_tag = f"churn-predictor:{champion.version}", f"churn-predictor:{new}"
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for cid in sorted(ids, key=lambda c: sent.records[c][2]):  # type: ignore[attr-defined]
+        body, headers = replies[cid][0]
+        version = headers["model_version"].decode()
+        assert version == body["model_version"] in (old, new_tag)
+        by_partition[sent.records[cid][1]].append(version)  # type: ignore[attr-defined]
+    seen = {v for versions in by_partition.values() for v in versions}
+    assert seen == {old, new_tag}, f"the swap did not happen mid-stream: {seen}"
+    for partition, versions in by_partition.items():
+        # In request order, once the new version answers, the old never does.
+        first_new = versions.index(new_tag) if new_tag in versions else len(versions)
+        assert old not in versions[first_new:], f"partition {partition} went back"
+    assert "event=model_swapped" in logs
