@@ -39,6 +39,7 @@ ErrorCode = Literal[
     "request_too_large",
     "unsupported_media_type",
     "overloaded",
+    "unauthorized",
     "internal_error",
 ]
 

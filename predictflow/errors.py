@@ -74,6 +74,13 @@ class Overloaded(PredictFlowError):
     retryable = True
 
 
+class Unauthorized(PredictFlowError):
+    """No bearer token, or one that is not (or no longer) in the tokens file."""
+
+    code: ErrorCode = "unauthorized"
+    status = HTTPStatus.UNAUTHORIZED
+
+
 class ScoringFailed(PredictFlowError):
     """Scoring one request raised: e.g. a stored row the model cannot encode.
 
@@ -98,6 +105,7 @@ _STATUS: dict[str, HTTPStatus] = {
         RequestTooLarge,
         UnsupportedMediaType,
         Overloaded,
+        Unauthorized,
     )
 }
 
