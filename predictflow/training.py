@@ -19,6 +19,10 @@ from predictflow.schema import ENCODED_FEATURES, FEATURES, encode_columns
 
 SPLIT_SEED = 42
 TEST_FRACTION = 0.2
+#: XGBoost threads. One: on a few thousand rows a second OpenMP thread only
+#: adds synchronisation, and on a busy machine its spin-waits cost far more
+#: than the work. The trees do not depend on it.
+NTHREAD = 1
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def train_xgboost(data: Split, params: XGBoostParams | None = None) -> TrainedMo
             "min_child_weight": params.min_child_weight,
             "lambda": params.reg_lambda,
             "seed": params.seed,
-            "nthread": 2,
+            "nthread": NTHREAD,
         },
         dfit,
         num_boost_round=params.max_rounds,
