@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from predictflow.schema import ENCODED_FEATURES
 from predictflow.settings import Settings
-from predictflow.training import TrainedModel, XGBoostParams
+from predictflow.training import CrossValidation, TrainedModel, XGBoostParams
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -116,14 +117,26 @@ def log_baseline(settings: Settings, trained: TrainedModel) -> str:
 
 
 def log_and_register(
-    settings: Settings, trained: TrainedModel, fingerprint: str, data_sha256: str
+    settings: Settings,
+    trained: TrainedModel,
+    fingerprint: str,
+    data_sha256: str,
+    *,
+    cv: CrossValidation | None = None,
+    evaluation_dir: Path | None = None,
 ) -> tuple[str, str]:
-    """Log the XGBoost run and register its model; returns (version, run id)."""
+    """Log the XGBoost run and register its model; returns (version, run id).
+
+    `cv` adds the metrics `cv_roc_auc_mean` and `cv_roc_auc_std`; the files in
+    `evaluation_dir` become the run's artifacts under `evaluation/`.
+    """
     import mlflow
     import mlflow.xgboost
     import numpy as np
     import pandas as pd
     from mlflow.models import infer_signature
+
+    from predictflow.evaluation import ARTIFACT_PATH
 
     ensure_experiment(settings)
     example = pd.DataFrame(
@@ -141,6 +154,10 @@ def log_and_register(
         )
         mlflow.log_params(trained.params)
         mlflow.log_metrics({f"test_{k}": v for k, v in trained.metrics.items()})
+        if cv is not None:
+            mlflow.log_metrics(cv.metrics())
+        if evaluation_dir is not None:
+            mlflow.log_artifacts(str(evaluation_dir), artifact_path=ARTIFACT_PATH)
         info = mlflow.xgboost.log_model(
             trained.model, name="model", signature=signature, model_format="ubj"
         )

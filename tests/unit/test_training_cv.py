@@ -50,9 +50,7 @@ def test_never_sees_the_held_out_rows(
     fitted: list[int] = []
     fit = training.fit_xgboost
 
-    def spy(
-        x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], p: Any
-    ) -> Any:
+    def spy(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], p: Any) -> Any:
         assert not np.isnan(x).any() and set(np.unique(y)) <= {0, 1}
         fitted.append(len(x))
         return fit(x, y, p)
