@@ -1,9 +1,9 @@
 """`predictflow bootstrap`: data -> train -> register -> Feast -> Bento store.
 
 Every step is safe to repeat and skips work already done: training (with its
-cross-validation and evaluation plots) is skipped when the champion was trained
-on the same data with the same parameters, the Bento import when the champion
-is already in the store.
+cross-validation and evaluation plots) is skipped when a registered version was
+trained on the same data with the same parameters, the Bento import when the
+champion is already in the store.
 """
 
 from __future__ import annotations
@@ -114,18 +114,31 @@ def train_and_register(
 
 
 def train_if_needed(settings: Settings, *, force: bool = False) -> bool:
-    """Train, log, register and maybe promote; returns whether it trained."""
+    """Train the default recipe unless it is already registered; returns whether.
+
+    Skipped when a champion exists and some registered version was trained on
+    the same data with the same parameters: the champion itself, or one it
+    beat or that a person promoted past (`predictflow promote`). Otherwise
+    every bootstrap after a `predictflow train --seed N` win would train and
+    register the default recipe again.
+    """
     params = training.XGBoostParams()
     fingerprint = registry.training_fingerprint(data.TELCO_SHA256, params)
     champion = registry.get_champion(settings)
-    if champion is not None and champion.fingerprint == fingerprint and not force:
-        log.info(
-            "step=train status=skipped reason=champion_up_to_date version=%s "
-            "roc_auc=%.4f",
-            champion.version,
-            champion.roc_auc,
-        )
-        return False
+    if champion is not None and not force:
+        if champion.fingerprint == fingerprint:
+            same = [champion.version]
+        else:
+            same = registry.versions_with_fingerprint(settings, fingerprint)
+        if same:
+            log.info(
+                "step=train status=skipped reason=recipe_already_registered "
+                "version=%s champion=%s champion_roc_auc=%.4f",
+                same[-1],
+                champion.version,
+                champion.roc_auc,
+            )
+            return False
     train_and_register(settings, params, baseline=True)
     return True
 

@@ -227,6 +227,27 @@ def promote_if_better(
     return True, current
 
 
+def versions_with_fingerprint(settings: Settings, fingerprint: str) -> list[str]:
+    """Registered versions trained with this fingerprint, oldest first."""
+    c = client(settings)
+    experiment = c.get_experiment_by_name(settings.mlflow.experiment)
+    if experiment is None:
+        return []
+    runs = c.search_runs(
+        [str(experiment.experiment_id)],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'",
+    )
+    run_ids = {str(run.info.run_id) for run in runs}
+    if not run_ids:
+        return []
+    found = [
+        mv
+        for mv in _model_versions(settings)
+        if mv.run_id is not None and str(mv.run_id) in run_ids
+    ]
+    return [str(mv.version) for mv in found]
+
+
 def list_versions(settings: Settings) -> list[VersionInfo]:
     """Every registered version, oldest first (empty before the first training)."""
     c = client(settings)
