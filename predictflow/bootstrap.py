@@ -1,14 +1,17 @@
 """`predictflow bootstrap`: data -> train -> register -> Feast -> Bento store.
 
-Every step is safe to repeat and skips work already done: training is skipped
-when the champion was trained on the same data with the same parameters, the
-Bento import when the champion is already in the store.
+Every step is safe to repeat and skips work already done: training (with its
+cross-validation and evaluation plots) is skipped when a registered version was
+trained on the same data with the same parameters, the Bento import when the
+champion is already in the store.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from predictflow import data, features, registry, training
 from predictflow.log import step
@@ -28,19 +31,35 @@ class BootstrapResult:
     customers: int
 
 
-def train_if_needed(settings: Settings, *, force: bool = False) -> bool:
-    """Train, log, register and maybe promote; returns whether it trained."""
-    params = training.XGBoostParams()
+@dataclass(frozen=True)
+class TrainResult:
+    """A registered training run, and what it did to the champion."""
+
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    cv: training.CrossValidation
+    promoted: bool
+    #: The champion the candidate was compared against (None: there was none).
+    previous: registry.Champion | None
+
+
+def train_and_register(
+    settings: Settings,
+    params: training.XGBoostParams | None = None,
+    *,
+    baseline: bool = False,
+) -> TrainResult:
+    """Train, cross-validate, evaluate, log, register and maybe promote.
+
+    The training step of bootstrap, and all of `predictflow train`. The
+    evaluation (plots, deciles) is logged as the run's artifacts.
+    """
+    from predictflow import evaluation
+    from predictflow.model import ChurnModel
+
+    params = params or training.XGBoostParams()
     fingerprint = registry.training_fingerprint(data.TELCO_SHA256, params)
-    champion = registry.get_champion(settings)
-    if champion is not None and champion.fingerprint == fingerprint and not force:
-        log.info(
-            "step=train status=skipped reason=champion_up_to_date version=%s "
-            "roc_auc=%.4f",
-            champion.version,
-            champion.roc_auc,
-        )
-        return False
     with step("load_data", log):
         df = data.load_telco()
         split = training.split(df)
@@ -51,18 +70,76 @@ def train_if_needed(settings: Settings, *, force: bool = False) -> bool:
             len(split.y_train),
             len(split.y_test),
         )
-    with step("train_baseline", log):
-        baseline = training.train_baseline(split)
-        registry.log_baseline(settings, baseline)
-        log.info("event=baseline_metrics %s", _kv(baseline.metrics))
+    if baseline:
+        with step("train_baseline", log):
+            base = training.train_baseline(split)
+            registry.log_baseline(settings, base)
+            log.info("event=baseline_metrics %s", _kv(base.metrics))
     with step("train_xgboost", log):
         model = training.train_xgboost(split, params)
-        log.info("event=xgboost_metrics %s", _kv(model.metrics))
-    with step("register", log):
-        version, _ = registry.log_and_register(
-            settings, model, fingerprint, data.TELCO_SHA256
+        log.info("event=xgboost_metrics seed=%d %s", params.seed, _kv(model.metrics))
+    with step("cross_validate", log):
+        cv = training.cross_validate(split, params)
+        log.info(
+            "event=cv_metrics folds=%d %s",
+            len(cv.fold_roc_auc),
+            _kv(cv.metrics()),
         )
-        registry.promote_if_better(settings, version, model.metrics["roc_auc"])
+    with tempfile.TemporaryDirectory(prefix="predictflow-eval-") as tmp:
+        with step("evaluate", log):
+            ev = evaluation.evaluate_model(
+                ChurnModel(model.model, "candidate"), split, cv
+            )
+            evaluation.write(ev, Path(tmp))
+        with step("register", log):
+            version, run_id = registry.log_and_register(
+                settings,
+                model,
+                fingerprint,
+                data.TELCO_SHA256,
+                cv=cv,
+                evaluation_dir=Path(tmp),
+            )
+            promoted, previous = registry.promote_if_better(
+                settings, version, model.metrics["roc_auc"]
+            )
+    return TrainResult(
+        version=version,
+        run_id=run_id,
+        metrics=model.metrics,
+        cv=cv,
+        promoted=promoted,
+        previous=previous,
+    )
+
+
+def train_if_needed(settings: Settings, *, force: bool = False) -> bool:
+    """Train the default recipe unless it is already registered; returns whether.
+
+    Skipped when a champion exists and some registered version was trained on
+    the same data with the same parameters: the champion itself, or one it
+    beat or that a person promoted past (`predictflow promote`). Otherwise
+    every bootstrap after a `predictflow train --seed N` win would train and
+    register the default recipe again.
+    """
+    params = training.XGBoostParams()
+    fingerprint = registry.training_fingerprint(data.TELCO_SHA256, params)
+    champion = registry.get_champion(settings)
+    if champion is not None and not force:
+        if champion.fingerprint == fingerprint:
+            same = [champion.version]
+        else:
+            same = registry.versions_with_fingerprint(settings, fingerprint)
+        if same:
+            log.info(
+                "step=train status=skipped reason=recipe_already_registered "
+                "version=%s champion=%s champion_roc_auc=%.4f",
+                same[-1],
+                champion.version,
+                champion.roc_auc,
+            )
+            return False
+    train_and_register(settings, params, baseline=True)
     return True
 
 
