@@ -2,7 +2,8 @@
 
 The runner, the request/reply client, `predictflow publish` and topic creation
 all pass `client_security(settings)` to aiokafka, so a secured cluster is
-configured once, by `PREDICTFLOW_KAFKA__*` settings.
+configured once, by `PREDICTFLOW_KAFKA__*` settings. The password leaves its
+`SecretStr` only here, into the client's keyword arguments.
 """
 
 from __future__ import annotations
