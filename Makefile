@@ -26,8 +26,9 @@ serve: bootstrap
 	$(BIN)/bentoml serve service:ChurnPredictor --host $(HOST) --port $(PORT)
 
 ## A real Apache Kafka broker (KRaft) on 127.0.0.1:9092; jars from Maven Central.
+## KAFKA_SECURITY=sasl_ssl: SASL_SSL only, with users and ACLs (scripts/kafka.sh).
 kafka-up:
-	scripts/kafka.sh up
+	KAFKA_SECURITY="$(KAFKA_SECURITY)" scripts/kafka.sh up
 
 kafka-down:
 	scripts/kafka.sh down

@@ -1,36 +1,11 @@
-"""How every Kafka client reaches the brokers: one place for TLS and SASL.
+"""Kafka client security for the runner: `predictflow.kafka_security`.
 
-The runner, the request/reply client, `predictflow publish` and topic creation
-all pass `client_security(settings)` to aiokafka, so a secured cluster is
-configured once, by `PREDICTFLOW_KAFKA__*` settings.
+It lives in `predictflow` because the request/reply client and `predictflow
+publish` need it too, and the installed package ships `predictflow` only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from predictflow.kafka_security import client_security
 
-from predictflow.settings import KafkaSettings
-
-
-def client_security(settings: KafkaSettings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the configured security protocol."""
-    if settings.security_protocol == "PLAINTEXT":
-        return {}
-    from aiokafka.helpers import create_ssl_context
-
-    args: dict[str, Any] = {
-        "security_protocol": settings.security_protocol,
-        "ssl_context": create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
-            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        ),
-    }
-    if settings.security_protocol == "SASL_SSL":
-        password = settings.sasl_password
-        args.update(
-            sasl_mechanism=settings.sasl_mechanism,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=password.get_secret_value() if password else None,
-        )
-    return args
+__all__ = ["client_security"]

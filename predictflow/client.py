@@ -5,7 +5,9 @@
 
 Replies are matched by the `correlation_id` header. The client reads the reply
 topic from its end (no consumer group), so it sees only replies to requests
-sent after it started.
+sent after it started. It connects as `settings` say (TLS, SASL: see
+`predictflow.kafka_security`) and creates missing topics only when
+`settings.create_topics` is on, as the runner does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.kafka_security import client_security
 from predictflow.settings import KafkaSettings
 from predictflow.topics import ensure_topics
 
@@ -71,9 +74,14 @@ class ChurnClient:
         """Connect, and position the reply reader at the end of the reply topic."""
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        await ensure_topics(self.settings, self.bootstrap)
+        if self.settings.create_topics:
+            await ensure_topics(self.settings, self.bootstrap)
+        security = client_security(self.settings)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            **security,
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -81,6 +89,7 @@ class ChurnClient:
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            **security,
         )
         await self._consumer.start()
         # The producer's partitions_for waits for the topic's metadata.

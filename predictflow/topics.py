@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 
+from predictflow.kafka_security import client_security
 from predictflow.settings import KafkaSettings
 
 log = logging.getLogger("predictflow.kafka")
 
-# Kafka error code of CreateTopics when another client created it first.
-_TOPIC_ALREADY_EXISTS = 36
-
 
 async def ensure_topics(settings: KafkaSettings, bootstrap: str) -> None:
-    """Create the request, reply and dead-letter topics when missing."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """Create the request, reply and dead-letter topics when missing.
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="predictflow")
+    Needs the right to describe them (a topic the client may not see looks
+    missing) and, for those missing, to create them. Where operators create
+    topics, turn this off with `create_topics=false`.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="predictflow",
+        **client_security(settings),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -34,7 +42,8 @@ async def ensure_topics(settings: KafkaSettings, bootstrap: str) -> None:
             return
         response = await admin.create_topics(missing)
         for topic, code, *rest in response.topic_errors:
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            # Another client may have created it since we listed the topics.
+            if code not in (0, TopicAlreadyExistsError.errno):
                 raise RuntimeError(f"cannot create topic {topic}: error {code} {rest}")
             log.info("event=topic_created topic=%s", topic)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -161,35 +162,52 @@ class BentoServer:
 
 
 class RedisServer:
-    """A real redis-server (Debian package) on a free loopback port."""
+    """A real redis-server (Debian package) on a free loopback port.
 
-    def __init__(self, workdir: Path) -> None:
+    With `password`, clients must AUTH (`requirepass`); it is passed in a
+    config file on stdin, not on the command line every local user can read.
+    """
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.port = free_port()
+        self.password = password
         workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        if password is not None:
+            # "-" first: redis-server reads the rest of its config from stdin.
+            args.insert(1, "-")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
+            args,
+            stdin=subprocess.PIPE if password is not None else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if password is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f'requirepass "{password}"\n'.encode())
+            self.proc.stdin.close()
         import redis
 
-        client = redis.Redis(port=self.port)
-        wait_for(client.ping, 30, f"redis-server on port {self.port}")
+        client = redis.Redis(port=self.port, password=password)
+        try:
+            wait_for(client.ping, 30, f"redis-server on port {self.port}")
+        finally:
+            client.close()
 
     @property
     def address(self) -> str:
@@ -201,17 +219,45 @@ class RedisServer:
 
 
 class KafkaBroker:
-    """A real Apache Kafka broker (KRaft) run by scripts/kafka.sh on free ports."""
+    """A real Apache Kafka broker (KRaft) run by scripts/kafka.sh on free ports.
 
-    def __init__(self, data_dir: Path) -> None:
+    `security="sasl_ssl"`: SASL_SSL only, with users, TLS files and ACLs made
+    by scripts/kafka.sh; `client_env(user)` is how each user connects.
+    """
+
+    def __init__(self, data_dir: Path, security: str = "plaintext") -> None:
         self.port = free_port()
+        self.data_dir = data_dir
+        self.security = security
         self.env = {
             **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(free_port()),
             "KAFKA_DATA_DIR": str(data_dir),
+            # Not whatever the calling shell exported.
+            "KAFKA_SECURITY": security,
         }
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self._starting: subprocess.Popen[bytes] | None = None
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """The `PREDICTFLOW_KAFKA__*` variables of `user` (clients/USER.env)."""
+        env = {}
+        text = (self.data_dir / "clients" / f"{user}.env").read_text()
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                env[key] = shlex.split(value)[0] if value else ""
+        return env
+
+    def password(self, user: str) -> str:
+        """`user`'s SASL password."""
+        return self.client_env(user)["PREDICTFLOW_KAFKA__SASL_PASSWORD"]
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's own log."""
+        return self.data_dir / "server.log"
 
     def _script(self, command: str, timeout: float) -> None:
         subprocess.run(
@@ -226,7 +272,27 @@ class KafkaBroker:
         self._script("up", timeout=900)
         return self
 
+    def start(self) -> KafkaBroker:
+        """Begin `up` without waiting (to overlap other slow set-up); see wait_up."""
+        self._starting = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "kafka.sh"), "up"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+        )
+        return self
+
+    def wait_up(self, timeout: float = 900) -> KafkaBroker:
+        """Wait for the `up` begun by start(); raise if it failed."""
+        assert self._starting is not None, "start() first"
+        code = self._starting.wait(timeout=timeout)
+        if code != 0:
+            raise subprocess.CalledProcessError(code, "scripts/kafka.sh up")
+        return self
+
     def down(self) -> None:
+        if self._starting is not None and self._starting.poll() is None:
+            self._starting.terminate()
+            self._starting.wait(timeout=30)
         self._script("down", timeout=120)
 
 

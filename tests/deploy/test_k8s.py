@@ -34,15 +34,31 @@ NAMESPACE = "predictflow"
 
 CONSUMER = ("Deployment", "churn-consumer")
 SCALED_CONSUMER = ("ScaledObject", "churn-consumer")
+KEDA_KAFKA_LOGIN = ("TriggerAuthentication", "churn-consumer-kafka")
 # Kustomization -> the optional objects it adds to the base.
 KUSTOMIZATIONS: dict[str, set[tuple[str, str]]] = {
     "k8s": set(),
     "k8s/overlays/standalone-consumer": {CONSUMER},
-    "k8s/overlays/standalone-consumer-keda": {CONSUMER, SCALED_CONSUMER},
+    "k8s/overlays/standalone-consumer-keda": {
+        CONSUMER,
+        SCALED_CONSUMER,
+        KEDA_KAFKA_LOGIN,
+    },
 }
 WITH_CONSUMER = sorted(k for k, extra in KUSTOMIZATIONS.items() if CONSUMER in extra)
 WITH_KEDA = sorted(k for k, extra in KUSTOMIZATIONS.items() if SCALED_CONSUMER in extra)
-CRD_KINDS = {"HTTPRoute", "ScaledObject"}
+CRD_KINDS = {"HTTPRoute", "ScaledObject", "TriggerAuthentication"}
+# The Secret operators create with the Kafka login and the brokers' CA
+# (k8s/README.md): its keys, and the settings each one feeds.
+KAFKA_SECRET = "churn-predictor-kafka"  # noqa: S105 - a Secret's name
+KAFKA_SECRET_ENV = {
+    "PREDICTFLOW_KAFKA__SASL_USERNAME": "sasl-username",
+    "PREDICTFLOW_KAFKA__SASL_PASSWORD": "sasl-password",
+}
+KAFKA_SECRET_CA = "ca.crt"  # noqa: S105 - a key of that Secret
+# KEDA's kafka scaler names for the same login (TriggerAuthentication).
+KEDA_KAFKA_PARAMETERS = {"username": "sasl-username", "password": "sasl-password"}
+KEDA_SASL = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256"}
 SCHEMA_VERSIONS = ["1.30", kv_utils.latest_version()]
 
 # Names scripts/canary_promote.py and the README rely on.
@@ -144,7 +160,11 @@ SCALEDOBJECT_KEYS = {
         "scaleToZeroOnInvalidOffset",
         "limitToPartitionsWithLag",
         "version",
+        "sasl",
+        "tls",
     },
+    "triggerAuthentication": {"secretTargetRef"},
+    "secretTargetRef": {"parameter", "name", "key"},
 }
 
 
@@ -230,15 +250,24 @@ class Manifests:
         return [p for p in self.pods() if selector.items() <= p.labels.items()]
 
     def container_env(self, container: dict[str, Any]) -> dict[str, str]:
-        """The container's environment from ConfigMaps and `env` (which wins)."""
+        """The container's environment from ConfigMaps and `env` (which wins).
+
+        A variable from a Secret (not in the manifests: operators create it)
+        reads `<secret NAME/KEY>`.
+        """
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
             assert set(source) == {"configMapRef"}, f"unsupported envFrom {source}"
             configmap = self.get("ConfigMap", source["configMapRef"]["name"])
             env.update(configmap.get("data", {}))
         for var in container.get("env", []):
-            assert "value" in var, f"{var['name']}: only literal values expected"
-            env[var["name"]] = var["value"]
+            if "valueFrom" in var:
+                ref = var["valueFrom"]
+                assert set(ref) == {"secretKeyRef"}, f"{var['name']}: {ref}"
+                secret = ref["secretKeyRef"]
+                env[var["name"]] = f"<secret {secret['name']}/{secret['key']}>"
+            else:
+                env[var["name"]] = var["value"]
         return env
 
 
@@ -757,6 +786,55 @@ def test_containers_get_valid_production_settings(
             assert model_of_image.setdefault(image, tag) == tag, (image, tag)
 
 
+def test_kafka_logins_come_from_a_secret(
+    manifests: Manifests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every container that runs the Kafka runner logs in over SASL_SSL: the
+    login from the Secret as env vars, the CA from it as a read-only file;
+    no ConfigMap or literal value holds a credential."""
+    for configmap in manifests.of_kind("ConfigMap"):
+        for key in configmap.get("data", {}):
+            assert not key.endswith(tuple(KAFKA_SECRET_ENV)), key
+    runners = 0
+    for pod in manifests.pods():
+        volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
+        for container in pod.containers():
+            env = manifests.container_env(container)
+            settings = _settings_for(env, monkeypatch)
+            if not settings.kafka.bootstrap_servers:
+                continue
+            runners += 1
+            where = f"{pod.name} {container['name']}"
+            assert settings.kafka.security_protocol == "SASL_SSL", where
+            refs = {
+                v["name"]: v["valueFrom"]["secretKeyRef"]
+                for v in container.get("env", [])
+                if "valueFrom" in v
+            }
+            for name, key in KAFKA_SECRET_ENV.items():
+                assert refs.get(name) == {"name": KAFKA_SECRET, "key": key}, where
+            cafile = settings.kafka.ssl_cafile
+            assert cafile is not None, where
+            cafile_path = PurePosixPath(str(cafile))
+            (mount,) = [
+                m
+                for m in container.get("volumeMounts", [])
+                if PurePosixPath(m["mountPath"]) == cafile_path.parent
+            ]
+            assert mount.get("readOnly") is True, where
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == KAFKA_SECRET, where
+            # Only the CA becomes a file: the password stays out of the pod's
+            # file system.
+            assert secret["items"] == [
+                {"key": KAFKA_SECRET_CA, "path": cafile_path.name}
+            ], where
+            assert not settings.kafka.create_topics, f"{where}: topics are ops'"
+    # The stable and canary pods run the runner; so does the consumer.
+    expected = 2 + (CONSUMER in KUSTOMIZATIONS[manifests.kustomization])
+    assert runners == expected
+
+
 @pytest.mark.parametrize("kustomization", WITH_CONSUMER)
 def test_standalone_consumer_runs_the_stable_model(kustomization: str) -> None:
     manifests = Manifests(kustomization)
@@ -810,3 +888,18 @@ def test_keda_scales_the_consumer_on_its_group_lag(
     assert metadata["consumerGroup"] == settings.kafka.group_id
     assert metadata["topic"] == settings.kafka.request_topic
     assert int(metadata["lagThreshold"]) > 0
+    # KEDA reads the lag over the same TLS and login as the consumer.
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert metadata["tls"] == "enable"
+    assert metadata["sasl"] == KEDA_SASL[settings.kafka.sasl_mechanism]
+    auth = manifests.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert auth["apiVersion"] == "keda.sh/v1alpha1"
+    assert set(auth["spec"]) <= SCALEDOBJECT_KEYS["triggerAuthentication"]
+    refs = auth["spec"]["secretTargetRef"]
+    for ref in refs:
+        assert set(ref) <= SCALEDOBJECT_KEYS["secretTargetRef"], ref
+        assert ref["name"] == KAFKA_SECRET, ref
+    assert {r["parameter"]: r["key"] for r in refs} == {
+        **KEDA_KAFKA_PARAMETERS,
+        "ca": KAFKA_SECRET_CA,
+    }
