@@ -571,7 +571,14 @@ class KafkaRunner:
         started: float,
     ) -> None:
         async with self._producer.transaction():
-            await asyncio.gather(*await self._send_all(outgoing))
+            acks = await self._send_all(outgoing)
+            try:
+                await asyncio.gather(*acks)
+            except BaseException:
+                # The transaction aborts; the other batches' failures are its.
+                for ack in acks:
+                    ack.add_done_callback(_silence)
+                raise
             await self._producer.send_offsets_to_transaction(
                 offsets, self.settings.group_id
             )
