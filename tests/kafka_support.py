@@ -43,6 +43,9 @@ class Topics:
             "PREDICTFLOW_KAFKA__REPLY_TOPIC": self.reply,
             "PREDICTFLOW_KAFKA__DLQ_TOPIC": self.dlq,
             "PREDICTFLOW_KAFKA__GROUP_ID": self.group,
+            # Transactional ids are broker-wide: one prefix per test, so runners
+            # of other tests (or other suites on a shared broker) never fence them.
+            "PREDICTFLOW_KAFKA__TRANSACTIONAL_ID": f"txn-{self.group}",
             "PREDICTFLOW_KAFKA__METRICS_PORT": "0",
         }
 

@@ -235,7 +235,14 @@ class Consumers:
         self.processes: list[ConsumerProcess] = []
 
     def start(self, instance: str = "a") -> ConsumerProcess:
-        env = {**self.env, "PREDICTFLOW_KAFKA__INSTANCE_ID": instance}
+        env = {
+            **self.env,
+            "PREDICTFLOW_KAFKA__INSTANCE_ID": instance,
+            # What `python -m consumers` reads today (it ignores the setting
+            # above); the instance names the transactional id, so the tests
+            # that tell runners apart need it to arrive.
+            "PREDICTFLOW_KAFKA_INSTANCE": instance,
+        }
         log = self.dir / f"{instance}-{len(self.processes)}.log"
         process = ConsumerProcess(env, log)
         self.processes.append(process)
