@@ -530,6 +530,24 @@ def test_consumers_joining_and_leaving_lose_nothing(
     chaos.check(request, may_repeat=True)
 
 
+def test_exactly_once_holds_across_a_rebalance(
+    consumers: SpawnConsumers, kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> None:
+    """Exactly-once: a runner joins and leaves mid-stream; read_committed sees
+    every id answered exactly once.
+
+    Holds only if a runner finishes (or aborts) its open transaction before it
+    gives up partitions on revoke: otherwise the new owner reads the committed
+    offsets without that transaction's, and answers its records again.
+    """
+    topics = Topics.fresh("rebalance-eos", kafka_bootstrap)
+    group = consumers(kafka_bootstrap, topics, **_mode_env("exactly_once"))
+    sent, watch, faults, code = _join_and_leave(group, kafka_bootstrap, topics, True)
+    assert code == 0
+    chaos = Chaos("rebalance, exactly_once", sent, watch, faults)
+    chaos.check(request, may_repeat=False)
+
+
 def test_sigterm_exits_promptly_with_every_reply_committed(
     consumers: SpawnConsumers, kafka_bootstrap: str, request: pytest.FixtureRequest
 ) -> None:
