@@ -344,7 +344,7 @@ class Chaos:
         return len(self.watch.answered_before(fault.mark) & self.sent.records.keys())
 
     def repeats_after(self) -> Counter[str]:
-        """The fault after which each repeated reply was written."""
+        """After which fault each repeated reply was written."""
         after: Counter[str] = Counter()
         replies = self.watch.by_id()
         for cid in self.tally.duplicated:
@@ -354,7 +354,8 @@ class Chaos:
                     for f in self.faults
                     if f.mark[reply.partition] <= reply.offset
                 ]
-                after[struck[-1] if struck else "before any fault"] += 1
+                where = f"after {struck[-1]}" if struck else "before any fault"
+                after[where] += 1
         return after
 
     def figures(self) -> list[str]:
@@ -367,8 +368,8 @@ class Chaos:
         ]
         lines.append(f"[{self.label}] {self.tally}")
         if repeats := self.repeats_after():
-            lines[-1] += "; repeats: " + ", ".join(
-                f"{n} after {what}" for what, n in repeats.items()
+            lines[-1] += "; repeats written: " + ", ".join(
+                f"{n} {where}" for where, n in repeats.items()
             )
         return lines
 
@@ -501,10 +502,12 @@ def _join_and_leave(
             stream.allow(total * 48 // 100)
             await watch.wait_answered(total // 4)
             joining = asyncio.ensure_future(asyncio.to_thread(group.start, "b"))
+            # The join strikes when b asks to join (a is revoked from then
+            # on), not when b reports its partitions, a rebalance later.
             await wait_rebalance(bootstrap, topics.group, unless=joining)
+            faults.append(Fault("b joining", await watch.mark(), stream.published))
             stream.allow(total * 61 // 100)
             b = await joining  # 1 -> 2
-            faults.append(Fault("b joined", await watch.mark(), stream.published))
             await asyncio.sleep(2)
             faults.append(Fault("b left", await watch.mark(), stream.published))
             stream.allow(total * 74 // 100)
