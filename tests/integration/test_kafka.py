@@ -551,6 +551,184 @@ def test_exactly_once_holds_across_a_rebalance(
     chaos.check(request, may_repeat=False)
 
 
+def _past_committed(ids: set[str], sent: Sent, committed: dict[int, int]) -> str:
+    """Where `ids`' requests sit: per partition, how far past the committed offset."""
+    spread: dict[int, list[int]] = {}
+    for cid in ids:
+        _, partition, offset = sent.records[cid]
+        spread.setdefault(partition, []).append(offset - committed.get(partition, 0))
+    return ", ".join(
+        f"p{p}: {len(d)} at +{min(d)}..+{max(d)}" for p, d in sorted(spread.items())
+    )
+
+
+async def _stop_inside_a_transaction(
+    runner: ConsumerProcess, watch: ReplyWatch
+) -> dict[int, int]:
+    """SIGSTOP the runner at a moment it has replies written in an open transaction.
+
+    Returns the undecided records per reply partition. That window is a few
+    milliseconds of each poll, so a stop that lands outside it is undone and
+    tried again after a varying run.
+    """
+    for i in range(300):
+        runner.pause()
+        # A commit already sent completes without the runner: let it land.
+        await asyncio.sleep(0.05)
+        if open_records := await watch.undecided():
+            return open_records
+        runner.resume()
+        await asyncio.sleep(0.02 + (i * 0.037) % 0.3)
+    raise AssertionError("the runner was never caught inside a transaction")
+
+
+@dataclass
+class Zombie:
+    """What a zombie test saw: the stop, and every id's replies afterwards."""
+
+    sent: Sent
+    watch: ReplyWatch
+    #: Its mark is the last stable offsets at the stop: where the open
+    #: transaction's replies begin on each partition.
+    stop: Fault
+    open_records: dict[int, int]
+    stopped_for: float
+    zombie_log: str
+
+    def open_replies_seen(self) -> int:
+        """Replies of the transaction open at the stop that read_committed sees."""
+        return sum(
+            1
+            for r in self.watch.replies
+            if 0
+            <= r.offset - self.stop.mark[r.partition]
+            < self.open_records.get(r.partition, 0)
+        )
+
+    def describe(self, tally: Tally) -> str:
+        """The stop, and where the repeated requests sat."""
+        repeated = set(tally.duplicated) & self.sent.records.keys()
+        where = _past_committed(repeated, self.sent, self.stop.committed)
+        return (
+            f"stopped {self.stopped_for:.1f}s with {sum(self.open_records.values())} "
+            f"replies in an open transaction, {self.open_replies_seen()} of them "
+            f"committed in the end; {tally}; repeated requests, past the offsets "
+            f"committed at the stop: {where or 'none'}"
+        )
+
+
+def _zombie(group: Consumers, bootstrap: str, topics: Topics, successor: str) -> Zombie:
+    """Runner a (exactly-once) is SIGSTOPped inside a transaction, mid-stream,
+    for longer than the group session; `successor` takes over; a is resumed."""
+    total, rate = 6_000, 400
+
+    async def scenario() -> Zombie:
+        a = group.start("a")
+        async with (
+            ReplyWatch(bootstrap, topics.reply, read_committed=True) as watch,
+            Stream(bootstrap, topics.request, _ids(total), rate) as stream,
+        ):
+            # The second half waits for a's wake-up: requests keep coming
+            # to whichever partitions a takes back when it rejoins.
+            stream.allow(total // 2)
+            await watch.wait_answered(total // 5)
+            open_records = await _stop_inside_a_transaction(a, watch)
+            stopped = time.monotonic()
+            stop = Fault(
+                "a stopped",
+                await watch.mark(),
+                stream.published,
+                await committed_offsets(bootstrap, topics.group, topics.request),
+            )
+            # Joins once a's session (aiokafka's default 10 s: the runner
+            # does not set it) has expired, and takes every partition.
+            b = await asyncio.to_thread(group.start, successor)
+            # b works a while; a sleeps past the session timeout in any case.
+            await asyncio.sleep(max(2.0, stopped + 12 - time.monotonic()))
+            a.resume()
+            stopped_for = time.monotonic() - stopped
+            stream.allow(total)
+            sent = await stream.done()
+            await watch.wait_for(set(sent.records), wait_s=30, settle=3)
+        for runner in (a, b):
+            if runner.proc.poll() is None:
+                await asyncio.to_thread(runner.terminate)
+        return Zombie(
+            sent, watch, stop, open_records, stopped_for, a.log_path.read_text()
+        )
+
+    return asyncio.run(scenario())
+
+
+def test_a_zombie_runner_repeats_only_what_it_had_not_committed(
+    consumers: SpawnConsumers, kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> None:
+    """What exactly-once guarantees against a zombie with another instance id.
+
+    aiokafka has no KIP-447 fencing: a transaction's offsets are committed
+    with the group id alone, not the member's generation, so the coordinator
+    accepts them from a runner that has lost its partitions, and only a
+    producer with the same transactional id can fence it. A runner frozen
+    (GC pause, SIGSTOP, a stalled VM) past the session timeout inside a
+    transaction, whose partitions went to a runner with another id, may
+    commit that transaction when it wakes.
+
+    Guarantee, under read_committed: every id is answered; a reply repeats
+    only for a request the zombie had not committed when it froze, at most
+    2 x `max_batch` of them: the poll of its open transaction, and at most one
+    more taken before its first heartbeat after waking reports it expelled
+    (aiokafka then stops returning the old partitions' records); no request is
+    answered more than twice.
+    """
+    topics = Topics.fresh("zombie", kafka_bootstrap)
+    group = consumers(kafka_bootstrap, topics, **_mode_env("exactly_once"))
+    seen = _zombie(group, kafka_bootstrap, topics, successor="b")
+    tally = Tally.of(seen.sent, seen.watch.by_id())
+    story = seen.describe(tally)
+    request.node.user_properties.append(("figure", f"[zombie, another id] {story}"))
+    uncommitted = {
+        cid
+        for cid, (_, partition, offset) in seen.sent.records.items()
+        if offset >= seen.stop.committed.get(partition, 0)
+    }
+    assert not tally.unknown, story
+    assert not tally.missing, story
+    assert not tally.duplicated.keys() - uncommitted, story
+    assert len(tally.duplicated) <= 2 * CHAOS_MAX_BATCH, story
+    assert tally.most_replies() <= 2, story
+
+
+def test_a_runner_restarted_with_the_same_id_fences_its_zombie(
+    consumers: SpawnConsumers, kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> None:
+    """A successor with the zombie's instance id fences it: no reply repeats.
+
+    The successor's producer registers the same transactional id: the broker
+    bumps its epoch and aborts the zombie's open transaction, and refuses the
+    zombie when it wakes (ProducerFenced). Under read_committed every id is
+    answered exactly once, including on partitions the zombie takes back
+    when it rejoins the group: a fenced runner must not keep them.
+    """
+    topics = Topics.fresh("fenced", kafka_bootstrap)
+    group = consumers(kafka_bootstrap, topics, **_mode_env("exactly_once"))
+    seen = _zombie(group, kafka_bootstrap, topics, successor="a")
+    tally = Tally.of(seen.sent, seen.watch.by_id())
+    story = seen.describe(tally)
+    request.node.user_properties.append(("figure", f"[zombie, same id] {story}"))
+    # Each kind of error the zombie logged, with how often.
+    zombie_errors = Counter(
+        line.split(" error=", 1)[-1][:200]
+        for line in seen.zombie_log.splitlines()
+        if "event=kafka_error" in line
+    )
+    errors = "\n".join(f"{n} x {e}" for e, n in zombie_errors.most_common(5))
+    assert any("ProducerFenced" in e for e in zombie_errors), seen.zombie_log[-3000:]
+    assert seen.open_replies_seen() == 0, story
+    assert not tally.unknown, story
+    assert not tally.missing, f"{story}\nthe zombie's errors:\n{errors}"
+    assert not tally.duplicated, story
+
+
 def test_sigterm_exits_promptly_with_every_reply_committed(
     consumers: SpawnConsumers, kafka_bootstrap: str, request: pytest.FixtureRequest
 ) -> None:
