@@ -336,6 +336,14 @@ class ConsumerProcess:
         self._log.close()
         return code
 
+    def pause(self) -> None:
+        """SIGSTOP: frozen mid-step, sockets open, no heartbeats (a zombie)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: carries on where it was stopped."""
+        self.proc.send_signal(signal.SIGCONT)
+
 
 class PrometheusServer:
     """A real Prometheus (Debian package) scraping the given targets every second."""
