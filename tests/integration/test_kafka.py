@@ -112,7 +112,7 @@ def test_poison_records_are_dead_lettered_and_valid_ones_answered(
                 [],
             ),
             "empty_value": (None, [("correlation_id", b"p4")]),
-            "invalid_reply_to": (
+            "reply_topic_invalid": (
                 json.dumps({"customer_id": "7590-VHVEG"}).encode(),
                 [("correlation_id", b"p5"), ("reply_to", b"no such/topic")],
             ),
