@@ -13,9 +13,10 @@ scores everything parked in one `Scorer.score` call, on a thread of its own:
   next requests park and go together as soon as it is free;
 - the batch is capped (`max_size`), unless one caller's own batch is larger;
 - every caller has a deadline (`timeout`): past it, it gets
-  `FeatureStoreUnavailable` (503, retryable) whatever the thread is doing,
-  and while the thread has been stuck for longer than that, new callers get
-  it at once;
+  `FeatureStoreUnavailable` (503, retryable) if its batch was being scored
+  (the store is slow), `Overloaded` if it never reached the thread (the
+  worker is behind); while the thread has been stuck for longer than that,
+  new callers get `FeatureStoreUnavailable` at once;
 - the queue is bounded (`max_queue` customers): past it, `Overloaded`.
 
 Used from one event loop (a worker's); the thread only runs `Scorer.score`.
@@ -47,6 +48,8 @@ class _Job:
 
     requests: Sequence[ChurnRequest]
     future: asyncio.Future[list[Result]]
+    #: Handed to the thread (else still waiting for it).
+    started: bool = False
 
 
 class MicroBatcher:
@@ -96,15 +99,15 @@ class MicroBatcher:
                 f"{self._queued} customers already wait to be scored in this "
                 "worker; retry shortly"
             )
-        future: asyncio.Future[list[Result]] = loop.create_future()
-        self._jobs.append(_Job(requests, future))
+        job = _Job(requests, loop.create_future())
+        self._jobs.append(job)
         self._queued += len(requests)
         if self._busy_since is None and not self._start_scheduled:
             self._start_scheduled = True
             loop.call_soon(self._start_next)
-        timer = loop.call_later(self.timeout, self._expire, future)
+        timer = loop.call_later(self.timeout, self._expire, job)
         try:
-            return await future
+            return await job.future
         finally:
             timer.cancel()
 
@@ -120,9 +123,19 @@ class MicroBatcher:
             "retry shortly"
         )
 
-    def _expire(self, future: asyncio.Future[list[Result]]) -> None:
-        if not future.done():
-            future.set_exception(FeatureStoreUnavailable(self._late_message()))
+    def _expire(self, job: _Job) -> None:
+        if job.future.done():
+            return
+        if job.started:
+            job.future.set_exception(FeatureStoreUnavailable(self._late_message()))
+        else:
+            # Never reached the thread: the worker is behind, not the store.
+            job.future.set_exception(
+                Overloaded(
+                    f"not scored within {self.timeout:g} s: this worker is "
+                    "overloaded; retry shortly"
+                )
+            )
 
     def _start_next(self) -> None:
         self._start_scheduled = False
@@ -139,6 +152,7 @@ class MicroBatcher:
             self._queued -= len(job.requests)
             # A caller past its deadline or gone (cancelled) is not scored.
             if not job.future.done():
+                job.started = True
                 batch.append(job)
                 size += len(job.requests)
         if not batch:

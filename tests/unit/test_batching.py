@@ -199,3 +199,19 @@ async def test_a_callers_batch_keeps_its_order_and_shares_the_queue(
     assert len(await batcher.score_many(big)) == 6
     assert source.calls[-1] == ["A", "B"]
     batcher.close()
+
+
+async def test_a_caller_that_never_reached_the_thread_is_told_overloaded(
+    small_model: ChurnModel,
+) -> None:
+    source = StalledFeatures({"A": ROW}, hang=5.0)
+    batcher = MicroBatcher(Scorer(source, small_model), source="test", timeout=0.3)
+    first = asyncio.ensure_future(batcher.score(ChurnRequest(customer_id="A")))
+    await asyncio.to_thread(source.entered.wait, 2.0)
+    # Parked behind the stuck batch, before it is stuck past the deadline.
+    with pytest.raises(Overloaded):
+        await batcher.score(ChurnRequest(customer_id="A"))
+    with pytest.raises(FeatureStoreUnavailable):
+        await first
+    source.released.set()
+    batcher.close()
