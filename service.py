@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import time
 import uuid
@@ -92,6 +93,7 @@ UNKNOWN_ROUTE = "/{unknown}"
 #: route label.
 _REAL_PATH = "predictflow.real_path"
 _ERROR_CODES = frozenset(get_args(ErrorCode))
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 #: The error code logged for a non-2xx answer whose body names none.
 _STATUS_ERRORS = {
     400: "invalid_request",
@@ -309,11 +311,12 @@ def _service_openapi() -> Mapping[str, Any]:
 
 
 def _request_id(scope: Scope) -> bytes:
-    """The caller's X-Request-ID when it is a sane token, else a new one."""
+    """The caller's X-Request-ID when it is a plain token, else a new one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            sane = 0 < len(value) <= 128 and value.isascii()
-            if sane and value.decode().isprintable():
+            # It goes into a log line and a response header: no spaces, no
+            # control characters, bounded.
+            if _REQUEST_ID.fullmatch(value):
                 return bytes(value)
             break
     return uuid.uuid4().hex.encode()
