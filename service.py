@@ -87,8 +87,6 @@ RETRY_AFTER_SECONDS = 1
 #: traffic by BentoML's concurrency limit either.
 PROBES = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 SCORING = frozenset({"/predict", "/predict_batch"})
-#: Routes `predictflow_rest_errors` names; any other path is `other`.
-_NAMED_ROUTES = PROBES | SCORING
 #: The metrics label of every path no route serves.
 UNKNOWN_ROUTE = "/{unknown}"
 #: Where `RouteLabels` keeps the real path while BentoML's middlewares see the
@@ -399,9 +397,6 @@ def _error_code(status: int, body: bytes) -> str:
 
 def _log_answer(scope: Scope, exchange: _Exchange) -> None:
     status = exchange.status or 499  # the client went away before an answer
-    error = exchange.error or _STATUS_ERRORS.get(status, f"http_{status}")
-    route = scope["path"] if scope["path"] in _NAMED_ROUTES else "other"
-    metrics.get().rest_errors.labels(route, str(status), error).inc()
     log.log(
         logging.WARNING if status >= 500 else logging.INFO,
         "event=http_error method=%s path=%s status=%d error=%s request_id=%s "
@@ -409,7 +404,7 @@ def _log_answer(scope: Scope, exchange: _Exchange) -> None:
         scope["method"],
         _log_path(scope["path"]),
         status,
-        error,
+        exchange.error or _STATUS_ERRORS.get(status, f"http_{status}"),
         exchange.request_id.decode(),
         exchange.customer_id or "-",
         (time.perf_counter() - exchange.started) * 1000,

@@ -35,7 +35,6 @@ class Metrics:
     kafka_batch_size: Histogram
     kafka_processing_seconds: Histogram
     kafka_lag: Gauge
-    rest_errors: Counter
 
 
 @lru_cache(maxsize=1)
@@ -108,11 +107,5 @@ def get() -> Metrics:
             "Records behind the high watermark, per owned partition.",
             ["topic", "partition"],
             multiprocess_mode="livemax",
-        ),
-        rest_errors=Counter(
-            "predictflow_rest_errors",
-            "Non-2xx REST answers by route (scoring routes and probes; any other "
-            "path is `other`), status and error code (e.g. overloaded).",
-            ["route", "status", "error"],
         ),
     )
