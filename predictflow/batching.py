@@ -13,10 +13,11 @@ scores everything parked in one `Scorer.score` call, on a thread of its own:
   next requests park and go together as soon as it is free;
 - the batch is capped (`max_size`), unless one caller's own batch is larger;
 - every caller has a deadline (`timeout`): past it, it gets
-  `FeatureStoreUnavailable` (503, retryable) if its batch was being scored
-  (the store is slow), `Overloaded` if it never reached the thread (the
-  worker is behind); while the thread has been stuck for longer than that,
-  new callers get `FeatureStoreUnavailable` at once;
+  `FeatureStoreUnavailable` (503, retryable) when the read in progress is
+  slow (its own or one it queued behind), `Overloaded` when the queue simply
+  did not drain in time (the worker is behind); while the thread has been
+  stuck for longer than the deadline, new callers get
+  `FeatureStoreUnavailable` at once;
 - the queue is bounded (`max_queue` customers): past it, `Overloaded`.
 
 Used from one event loop (a worker's); the thread only runs `Scorer.score`.
@@ -48,8 +49,6 @@ class _Job:
 
     requests: Sequence[ChurnRequest]
     future: asyncio.Future[list[Result]]
-    #: Handed to the thread (else still waiting for it).
-    started: bool = False
 
 
 class MicroBatcher:
@@ -126,10 +125,14 @@ class MicroBatcher:
     def _expire(self, job: _Job) -> None:
         if job.future.done():
             return
-        if job.started:
+        busy = self._busy_since
+        now = asyncio.get_running_loop().time()
+        # Waiting on the store: the read in progress (its own batch's or one
+        # it queued behind) has taken half the deadline already, where a
+        # batch takes milliseconds. Else the queue did not drain: overload.
+        if busy is not None and now - busy >= self.timeout / 2:
             job.future.set_exception(FeatureStoreUnavailable(self._late_message()))
         else:
-            # Never reached the thread: the worker is behind, not the store.
             job.future.set_exception(
                 Overloaded(
                     f"not scored within {self.timeout:g} s: this worker is "
@@ -152,7 +155,6 @@ class MicroBatcher:
             self._queued -= len(job.requests)
             # A caller past its deadline or gone (cancelled) is not scored.
             if not job.future.done():
-                job.started = True
                 batch.append(job)
                 size += len(job.requests)
         if not batch:

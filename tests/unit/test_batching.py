@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -201,15 +202,41 @@ async def test_a_callers_batch_keeps_its_order_and_shares_the_queue(
     batcher.close()
 
 
-async def test_a_caller_that_never_reached_the_thread_is_told_overloaded(
+async def test_a_queue_that_does_not_drain_in_time_is_overload(
+    small_model: ChurnModel,
+) -> None:
+    """Reads that each take little but queue up past the deadline: overloaded."""
+
+    class SlowFeatures(FakeFeatures):
+        def get(self, ids: Sequence[str]) -> list[Mapping[str, object] | None]:
+            time.sleep(0.05)
+            return super().get(ids)
+
+    batcher = MicroBatcher(
+        Scorer(SlowFeatures({"A": ROW}), small_model),
+        source="test",
+        max_size=1,
+        timeout=0.3,
+    )
+    outcomes = await asyncio.gather(
+        *(batcher.score(ChurnRequest(customer_id="A")) for _ in range(20)),
+        return_exceptions=True,
+    )
+    batcher.close()
+    assert isinstance(outcomes[0], ChurnScore)
+    assert isinstance(outcomes[-1], Overloaded), outcomes[-1]
+    assert not any(isinstance(o, FeatureStoreUnavailable) for o in outcomes)
+
+
+async def test_callers_queued_behind_a_stuck_read_blame_the_store(
     small_model: ChurnModel,
 ) -> None:
     source = StalledFeatures({"A": ROW}, hang=5.0)
     batcher = MicroBatcher(Scorer(source, small_model), source="test", timeout=0.3)
     first = asyncio.ensure_future(batcher.score(ChurnRequest(customer_id="A")))
     await asyncio.to_thread(source.entered.wait, 2.0)
-    # Parked behind the stuck batch, before it is stuck past the deadline.
-    with pytest.raises(Overloaded):
+    # Parked behind the stuck read, before it is stuck past the deadline.
+    with pytest.raises(FeatureStoreUnavailable):
         await batcher.score(ChurnRequest(customer_id="A"))
     with pytest.raises(FeatureStoreUnavailable):
         await first
