@@ -77,8 +77,9 @@ from predictflow.settings import ServingSettings, get_settings
 
 log = logging.getLogger("predictflow.service")
 
-#: Longest a readiness probe waits for the feature store.
-READINESS_CHECK_SECONDS = 3.0
+#: Longest a readiness probe waits for the feature store: under the 2 s
+#: timeout of the probes in k8s/, so a stalled store is a clear 503.
+READINESS_CHECK_SECONDS = 1.5
 #: Largest /predict body read (a full request is ~1 KB).
 MAX_PREDICT_BODY_BYTES = 64 * 1024
 #: Seconds a refused caller is asked to wait before it retries.
