@@ -74,6 +74,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # customers parked, not yet handed to the thread
         self._busy_since: float | None = None  # loop time the thread took a batch
+        self._slow_read_ended: float | None = None  # a slow or failed read ended
         self._start_scheduled = False
         self._thread: _ScoringThread | None = None
 
@@ -125,12 +126,7 @@ class MicroBatcher:
     def _expire(self, job: _Job) -> None:
         if job.future.done():
             return
-        busy = self._busy_since
-        now = asyncio.get_running_loop().time()
-        # Waiting on the store: the read in progress (its own batch's or one
-        # it queued behind) has taken half the deadline already, where a
-        # batch takes milliseconds. Else the queue did not drain: overload.
-        if busy is not None and now - busy >= self.timeout / 2:
+        if self._store_slow(asyncio.get_running_loop().time()):
             job.future.set_exception(FeatureStoreUnavailable(self._late_message()))
         else:
             job.future.set_exception(
@@ -139,6 +135,19 @@ class MicroBatcher:
                     "overloaded; retry shortly"
                 )
             )
+
+    def _store_slow(self, now: float) -> bool:
+        """Whether waiting callers wait on the store rather than on the queue.
+
+        The store: the read in progress has taken half the deadline already
+        (a batch takes milliseconds), or a read that slow or failing ended
+        within the last deadline. Else the queue did not drain: overload.
+        """
+        busy = self._busy_since
+        if busy is not None and now - busy >= self.timeout / 2:
+            return True
+        slow = self._slow_read_ended
+        return slow is not None and now - slow <= self.timeout
 
     def _start_next(self) -> None:
         self._start_scheduled = False
@@ -171,6 +180,12 @@ class MicroBatcher:
         )
 
     def _finish(self, batch: Sequence[_Job], outcome: _Outcome) -> None:
+        now = asyncio.get_running_loop().time()
+        started = self._busy_since if self._busy_since is not None else now
+        if isinstance(outcome, FeatureStoreUnavailable) or (
+            now - started >= self.timeout / 2
+        ):
+            self._slow_read_ended = now
         self._busy_since = None
         start = 0
         for job in batch:

@@ -242,3 +242,18 @@ async def test_callers_queued_behind_a_stuck_read_blame_the_store(
         await first
     source.released.set()
     batcher.close()
+
+
+async def test_callers_queued_behind_a_failing_read_blame_the_store(
+    small_model: ChurnModel,
+) -> None:
+    """The read fails at about the deadline (Redis' socket timeout = deadline)."""
+    source = StalledFeatures({"A": ROW}, hang=0.3)
+    source.fail = True
+    batcher = MicroBatcher(Scorer(source, small_model), source="test", timeout=0.3)
+    first = asyncio.ensure_future(batcher.score(ChurnRequest(customer_id="A")))
+    await asyncio.to_thread(source.entered.wait, 2.0)
+    behind = [batcher.score(ChurnRequest(customer_id="A")) for _ in range(5)]
+    outcomes = await asyncio.gather(first, *behind, return_exceptions=True)
+    batcher.close()
+    assert all(isinstance(o, FeatureStoreUnavailable) for o in outcomes), outcomes
