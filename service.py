@@ -35,10 +35,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -181,7 +181,8 @@ class RestDoor:
         real_path = scope.pop(_REAL_PATH, None)
         if real_path is not None:
             scope["path"] = real_path
-        exchange = _Exchange(_request_id(scope), time.perf_counter())
+        headers = _Headers.of(scope)
+        exchange = _Exchange(headers.make_request_id(), time.perf_counter())
 
         async def answer(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -195,7 +196,7 @@ class RestDoor:
             await send(message)
 
         try:
-            await self._serve(scope, receive, answer, exchange)
+            await self._serve(scope, receive, answer, exchange, headers)
         except asyncio.CancelledError:
             # BentoML's timeout middleware cancelled the request (it answers 504).
             exchange.status, exchange.error = 504, "timeout"
@@ -216,7 +217,12 @@ class RestDoor:
                 _log_answer(scope, exchange)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: _Exchange,
+        headers: _Headers,
     ) -> None:
         path = scope["path"]
         scoring = path in SCORING and scope["method"] == "POST"
@@ -224,7 +230,7 @@ class RestDoor:
         if path == "/predict":
             limit = min(limit, MAX_PREDICT_BODY_BYTES)
         probe = path in PROBES
-        refusal = _refusal(scope, scoring, limit)
+        refusal = _refusal(headers, scoring, limit)
         if refusal is None and not probe:
             if self._in_flight >= self.settings.max_in_flight:
                 refusal = Overloaded(
@@ -234,13 +240,15 @@ class RestDoor:
         if refusal is not None:
             await self._refuse(refusal, scope, receive, send, exchange)
             return
-        if probe and not _chunked(scope):
+        if probe and not headers.chunked:
             # Probes and scrapes are never refused for load, and stay cheap.
             await self.app(scope, receive, send)
             return
         self._in_flight += 1
         try:
-            await self._serve_counted(scope, receive, send, exchange, scoring, limit)
+            await self._serve_counted(
+                scope, receive, send, exchange, scoring, limit, headers.chunked
+            )
         finally:
             self._in_flight -= 1
 
@@ -252,8 +260,9 @@ class RestDoor:
         exchange: _Exchange,
         scoring: bool,
         limit: int,
+        chunked: bool,
     ) -> None:
-        if not scoring and not _chunked(scope):
+        if not scoring and not chunked:
             # Content-Length is within the limit (checked), and the server
             # reads no more than it says.
             if scope["path"] == "/docs.json" and scope["method"] in ("GET", "HEAD"):
@@ -311,40 +320,50 @@ def _service_openapi() -> Mapping[str, Any]:
     return spec
 
 
-def _request_id(scope: Scope) -> bytes:
-    """The caller's X-Request-ID when it is a plain token, else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            # It goes into a log line and a response header: no spaces, no
-            # control characters, bounded.
-            if _REQUEST_ID.fullmatch(value):
-                return bytes(value)
-            break
-    return uuid.uuid4().hex.encode()
+@dataclass(slots=True)
+class _Headers:
+    """The request headers the door reads, found in one pass."""
+
+    length: bytes | None = None
+    media: bytes = b""
+    transfer_encoding: bool = False
+    request_id: bytes | None = None
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Headers:
+        found = cls()
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                found.length = value
+            elif name == b"content-type":
+                found.media = value
+            elif name == b"transfer-encoding":
+                found.transfer_encoding = True
+            elif name == b"x-request-id":
+                found.request_id = value
+        return found
+
+    @property
+    def chunked(self) -> bool:
+        """True when the body's length is not given up front."""
+        return self.length is None and self.transfer_encoding
+
+    def make_request_id(self) -> bytes:
+        """The caller's X-Request-ID when it is a plain token, else a new one."""
+        # It goes into a log line and a response header: no spaces, no
+        # control characters, bounded.
+        if self.request_id is not None and _REQUEST_ID.fullmatch(self.request_id):
+            return bytes(self.request_id)
+        return os.urandom(16).hex().encode()
 
 
-def _header(scope: Scope, wanted: bytes) -> bytes | None:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return bytes(value)
-    return None
-
-
-def _chunked(scope: Scope) -> bool:
-    """True when the body's length is not given up front (Transfer-Encoding)."""
-    return _header(scope, b"content-length") is None and (
-        _header(scope, b"transfer-encoding") is not None
-    )
-
-
-def _refusal(scope: Scope, scoring: bool, limit: int) -> PredictFlowError | None:
+def _refusal(headers: _Headers, scoring: bool, limit: int) -> PredictFlowError | None:
     """The error a request gets from its headers alone, if any."""
-    length = _header(scope, b"content-length")
+    length = headers.length
     if length is not None and (not length.isdigit() or int(length) > limit):
         return RequestTooLarge(f"request body over {limit} bytes")
     if scoring:
-        media = (_header(scope, b"content-type") or b"").split(b";", 1)[0]
-        media = media.strip().lower()
+        media = headers.media.split(b";", 1)[0].strip().lower()
         if media != b"application/json" and not media.endswith(b"+json"):
             shown = media.decode("latin-1")[:100] or "none"
             return UnsupportedMediaType(
