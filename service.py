@@ -84,8 +84,8 @@ READINESS_CHECK_SECONDS = 1.5
 MAX_PREDICT_BODY_BYTES = 64 * 1024
 #: Seconds a refused caller is asked to wait before it retries.
 RETRY_AFTER_SECONDS = 1
-#: Routes a probe or a scraper calls: never refused for load, never logged as
-#: traffic by BentoML's concurrency limit either.
+#: Routes a probe or a scraper calls: never refused for load (BentoML's own
+#: concurrency limit skips them too).
 PROBES = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 SCORING = frozenset({"/predict", "/predict_batch"})
 #: The metrics label of every path no route serves.
