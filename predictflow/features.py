@@ -18,6 +18,8 @@ import functools
 import importlib.util
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,47 +229,182 @@ class _RedisDirectRead(_DirectRead):
         return decoded
 
 
-class OnlineFeatures:
-    """Reads customers' stored features through a Feast feature service."""
+class _Reader:
+    """One opened store: the Feast objects a read goes through."""
 
     def __init__(self, store: Any, feature_service: str) -> None:
         self.store = store
         self.service = store.get_feature_service(feature_service)
-        self._direct: _DirectRead | None = None
+        self.direct: _DirectRead | None = None
         for kind in (_RedisDirectRead, _DirectRead):
             if kind.applies(store, self.service):
-                self._direct = kind(store, self.service)
+                self.direct = kind(store, self.service)
                 break
-        self._errors = _unavailable_errors()
-
-    @classmethod
-    def open(cls, settings: FeastSettings) -> OnlineFeatures:
-        """Open the configured store (connections are made on first read)."""
-        return cls(open_store(settings), settings.feature_service)
-
-    def check(self) -> None:
-        """Read one key; raises `FeatureStoreUnavailable` if the store cannot answer."""
-        self.get(["__readiness_probe__"])
 
     def get(self, customer_ids: Sequence[str]) -> list[Mapping[str, object] | None]:
-        """Stored features of each customer, or None for an unknown one."""
-        try:
-            if self._direct is not None:
-                # Rows hold the service's features: the model's (a test pins it).
-                return list(self._direct.get(customer_ids))
-            columns = self.store.get_online_features(
-                features=self.service,
-                entity_rows=[{ENTITY_KEY: cid} for cid in customer_ids],
-            ).to_dict()
-        except self._errors as exc:
-            raise FeatureStoreUnavailable(
-                f"online feature store unavailable: {type(exc).__name__}: {exc}"
-            ) from exc
+        if self.direct is not None:
+            # Rows hold the service's features: the model's (a test pins it).
+            return list(self.direct.get(customer_ids))
+        columns = self.store.get_online_features(
+            features=self.service,
+            entity_rows=[{ENTITY_KEY: cid} for cid in customer_ids],
+        ).to_dict()
         rows: list[Mapping[str, object] | None] = []
         for i in range(len(customer_ids)):
             row = {name: columns[name][i] for name in FEATURES}
             rows.append(None if all(v is None for v in row.values()) else row)
         return rows
+
+
+#: Seconds between two looks at whether the SQLite store file was replaced.
+_FILE_CHECK_SECONDS = 1.0
+#: Seconds between two log lines of one ongoing store outage.
+_OUTAGE_LOG_SECONDS = 10.0
+
+
+class OnlineFeatures:
+    """Reads customers' stored features through a Feast feature service.
+
+    Safe to call from several threads (the scoring thread, a readiness probe).
+    A SQLite store whose file is replaced (a new file moved over it) is
+    reopened within about a second: an open connection would go on reading
+    the old file. Errors returned to callers never carry the store's address
+    or path; the log does, once per outage and then every few seconds.
+    """
+
+    def __init__(
+        self, store: Any, feature_service: str, settings: FeastSettings | None = None
+    ) -> None:
+        self._feature_service = feature_service
+        self._settings = settings
+        self._reader = _Reader(store, feature_service)
+        self._errors = _unavailable_errors()
+        self._file = _sqlite_file(store)
+        self._file_id = _file_id(self._file)
+        self._file_checked = time.monotonic()
+        self._reopen_lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._logged = 0.0
+
+    @property
+    def store(self) -> Any:
+        """The Feast `FeatureStore` reads go through."""
+        return self._reader.store
+
+    @property
+    def service(self) -> Any:
+        """The Feast `FeatureService` whose features are read."""
+        return self._reader.service
+
+    @property
+    def _direct(self) -> _DirectRead | None:
+        # The read in use; tests pin it against `get_online_features`.
+        return self._reader.direct
+
+    @_direct.setter
+    def _direct(self, value: _DirectRead | None) -> None:
+        self._reader.direct = value
+
+    @classmethod
+    def open(cls, settings: FeastSettings) -> OnlineFeatures:
+        """Open the configured store (connections are made on first read)."""
+        return cls(open_store(settings), settings.feature_service, settings)
+
+    def check(self) -> None:
+        """Read one key; raises `FeatureStoreUnavailable` if the store cannot answer."""
+        self._file_checked = 0.0  # a probe always looks at the file
+        self.get(["__readiness_probe__"])
+
+    def get(self, customer_ids: Sequence[str]) -> list[Mapping[str, object] | None]:
+        """Stored features of each customer, or None for an unknown one."""
+        try:
+            if self._file is not None:
+                self._reopen_if_replaced()
+            rows = self._reader.get(customer_ids)
+        except self._errors as exc:
+            self._failed(exc)
+            raise FeatureStoreUnavailable(
+                f"online feature store unavailable ({type(exc).__name__}); "
+                "retry shortly"
+            ) from exc
+        if self._failing_since is not None:
+            log.warning(
+                "event=feature_store_recovered failed_reads=%d seconds=%.1f",
+                self._failures,
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
+            self._failures = 0
+        return rows
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._logged < _OUTAGE_LOG_SECONDS:
+            return
+        self._logged = now
+        log.warning(
+            "event=feature_store_unavailable failed_reads=%d error=%s detail=%r",
+            self._failures,
+            type(exc).__name__,
+            str(exc)[:300],
+        )
+
+    def _reopen_if_replaced(self) -> None:
+        now = time.monotonic()
+        if now - self._file_checked < _FILE_CHECK_SECONDS or self._settings is None:
+            return
+        with self._reopen_lock:
+            self._file_checked = now
+            current = _file_id(self._file)
+            if current == self._file_id:
+                return
+            log.warning(
+                "event=online_store_file_replaced path=%s action=reopen", self._file
+            )
+            try:
+                reader = _Reader(open_store(self._settings), self._feature_service)
+            finally:
+                # Not retried on every read if the new file is no store either:
+                # the next look (a second later, or a probe) tries again.
+                self._file_id = current if current is not None else self._file_id
+            old, self._reader = self._reader, reader
+            _close(old.store)
+
+
+def _sqlite_file(store: Any) -> Path | None:
+    """The SQLite online store's file, or None for any other store."""
+    config = store.config
+    if getattr(config.online_store, "type", None) != "sqlite":
+        return None
+    path = Path(config.online_store.path)
+    if not path.is_absolute() and config.repo_path:
+        path = Path(config.repo_path) / path
+    return path
+
+
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    """Which file is at `path` now (device, inode), or None if none."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
+def _close(store: Any) -> None:
+    """Close the SQLite connection of a store no longer read (best effort)."""
+    conn = getattr(store.provider.online_store, "_conn", None)
+    if isinstance(conn, sqlite3.Connection):
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - closing a broken handle
+            pass
 
 
 def load_definitions(repo_path: Path) -> list[Any]:

@@ -125,6 +125,15 @@ class ServingSettings(BaseModel):
             "timeout, so a stalled store answers 503, not a timeout."
         ),
     )
+    max_queued_customers: int = Field(
+        default=4096,
+        ge=1,
+        description=(
+            "Most customers (of /predict and /predict_batch together) waiting for "
+            "one worker's scoring thread; past it a request gets 503 overloaded "
+            "at once. Each waits at most feature_timeout_seconds."
+        ),
+    )
     max_body_bytes: int = Field(
         default=2 * 1024 * 1024,
         ge=1024,

@@ -40,7 +40,12 @@ def test_unreadable_store_is_503_with_a_clear_message(
     )
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "feature_store_unavailable"
+    assert r.json()["retryable"] is True
+    assert r.headers["retry-after"]
     assert "online feature store unavailable" in r.json()["message"]
+    # Where the store lives (Redis address, SQLite path) is in the log only.
+    for internal in ("127.0.0.1", "online_store.db", "repo-unmaterialized"):
+        assert internal not in r.text
 
 
 def test_not_ready_while_the_store_cannot_be_read(broken_server: BentoServer) -> None:
