@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.runner import KafkaRunner
 from predictflow import metrics, runtime
+from predictflow.auth import Tokens
 from predictflow.batching import MicroBatcher
 from predictflow.contract import (
     ChurnBatchRequest,
@@ -67,13 +68,15 @@ from predictflow.errors import (
     PredictFlowError,
     RequestTooLarge,
     ScoringFailed,
+    Unauthorized,
     UnsupportedMediaType,
     http_status,
 )
 from predictflow.features import OnlineFeatures
+from predictflow.lifecycle import ModelFollower
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
-from predictflow.settings import ServingSettings, get_settings
+from predictflow.settings import AuthSettings, ServingSettings, get_settings
 
 log = logging.getLogger("predictflow.service")
 
@@ -87,6 +90,8 @@ RETRY_AFTER_SECONDS = 1
 #: Routes a probe or a scraper calls: never refused for load (BentoML's own
 #: concurrency limit skips them too).
 PROBES = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+#: Routes open without a bearer token (orchestrators probe without one).
+OPEN_ROUTES = frozenset({"/livez", "/healthz", "/readyz"})
 SCORING = frozenset({"/predict", "/predict_batch"})
 #: The metrics label of every path no route serves.
 UNKNOWN_ROUTE = "/{unknown}"
@@ -104,6 +109,8 @@ _STATUS_ERRORS = {
     503: "unavailable",
     504: "timeout",
 }
+
+_NO_STORE = (b"cache-control", b"no-store")
 
 _SETTINGS = get_settings()
 #: BentoML service config that keeps the scoring routes out of tracing.
@@ -151,6 +158,8 @@ class _Exchange:
     status: int = 0
     error: str | None = None
     customer_id: str | None = None
+    #: The name of the bearer token (never the token).
+    caller: str | None = None
 
 
 class RestDoor:
@@ -163,9 +172,17 @@ class RestDoor:
         settings: ServingSettings | None = None,
         batcher: Callable[[], MicroBatcher] | None = None,
         openapi: Callable[[], Mapping[str, Any]] | None = None,
+        auth_settings: AuthSettings | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or get_settings().serving
+        auth_settings = auth_settings or get_settings().auth
+        self._tokens = (
+            Tokens(auth_settings.tokens_file) if auth_settings.tokens_file else None
+        )
+        self._open = OPEN_ROUTES | (
+            set() if auth_settings.protect_metrics else {"/metrics"}
+        )
         self._batcher = batcher or _service_batcher
         self._openapi = openapi or _service_openapi
         self._in_flight = 0
@@ -184,12 +201,16 @@ class RestDoor:
         headers = _Headers.of(scope)
         exchange = _Exchange(headers.make_request_id(), time.perf_counter())
 
+        scoring_route = scope["path"] in SCORING
+
         async def answer(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
                 message["headers"] = [
                     *message.get("headers", ()),
                     (b"x-request-id", exchange.request_id),
+                    # A score is about one person: no cache may keep it.
+                    *((_NO_STORE,) if scoring_route else ()),
                 ]
             elif exchange.status >= 400 and exchange.error is None:
                 exchange.error = _error_code(exchange.status, message.get("body", b""))
@@ -225,6 +246,21 @@ class RestDoor:
         headers: _Headers,
     ) -> None:
         path = scope["path"]
+        if self._tokens is not None and path not in self._open:
+            exchange.caller = self._tokens.name_of(headers.authorization)
+            if exchange.caller is None:
+                await self._refuse(
+                    Unauthorized(
+                        "this route needs a valid 'Authorization: Bearer' token"
+                    ),
+                    scope,
+                    receive,
+                    send,
+                    exchange,
+                    extra_headers={"WWW-Authenticate": 'Bearer realm="predictflow"'},
+                )
+                return
+            metrics.get().requests_by_token.labels(exchange.caller).inc()
         scoring = path in SCORING and scope["method"] == "POST"
         limit = self.settings.max_body_bytes
         if path == "/predict":
@@ -301,9 +337,13 @@ class RestDoor:
         receive: Receive,
         send: Send,
         exchange: _Exchange,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         exchange.error = error.code
-        await _error_response(error.to_reply())(scope, receive, send)
+        response = _error_response(error.to_reply())
+        if extra_headers:
+            response.headers.update(extra_headers)
+        await response(scope, receive, send)
 
     @cached_property
     def _openapi_document(self) -> Mapping[str, Any]:
@@ -328,6 +368,7 @@ class _Headers:
     media: bytes = b""
     transfer_encoding: bool = False
     request_id: bytes | None = None
+    authorization: str | None = None
 
     @classmethod
     def of(cls, scope: Scope) -> _Headers:
@@ -341,6 +382,8 @@ class _Headers:
                 found.transfer_encoding = True
             elif name == b"x-request-id":
                 found.request_id = value
+            elif name == b"authorization":
+                found.authorization = value.decode("latin-1")
         return found
 
     @property
@@ -420,13 +463,14 @@ def _log_answer(scope: Scope, exchange: _Exchange) -> None:
     log.log(
         logging.WARNING if status >= 500 else logging.INFO,
         "event=http_error method=%s path=%s status=%d error=%s request_id=%s "
-        "customer_id=%s duration_ms=%.1f",
+        "customer_id=%s caller=%s duration_ms=%.1f",
         scope["method"],
         _log_path(scope["path"]),
         status,
         exchange.error or _STATUS_ERRORS.get(status, f"http_{status}"),
         exchange.request_id.decode(),
         exchange.customer_id or "-",
+        exchange.caller or "-",
         (time.perf_counter() - exchange.started) * 1000,
     )
 
@@ -659,11 +703,18 @@ class ChurnPredictor:
         if not any(isinstance(f, _QuietClientErrors) for f in logger.filters):
             logger.addFilter(_QuietClientErrors())
         metrics.get().model_info.labels(model.version).set(1)
+        self._stopping = asyncio.Event()
+        self._following: asyncio.Task[None] | None = None
         log.info(
             "event=service_loaded model_version=%s online_store=%s",
             model.version,
             settings.feast.online_store,
         )
+        if settings.auth.tokens_file is None:
+            log.warning(
+                "event=serving_open: no PREDICTFLOW_AUTH__TOKENS_FILE, anyone who "
+                "reaches this port can score (refused when PREDICTFLOW_ENV=production)"
+            )
 
     @bentoml.on_startup
     async def start_kafka_runner(self) -> None:
@@ -684,11 +735,16 @@ class ChurnPredictor:
             )
             # Held so the task is not garbage-collected while it runs.
             self._kafka_task = asyncio.create_task(self.kafka.serve())
+        # Both doors share the scorer: a new version of the alias reaches both.
+        self._following = asyncio.create_task(
+            ModelFollower(self.scorer, self.settings).run(self._stopping)
+        )
         runtime.settle_heap()
 
     @bentoml.on_shutdown
     async def stop_kafka_runner(self) -> None:
         """Finish the poll in hand, commit, leave the group; stop the scoring thread."""
+        self._stopping.set()
         if self.kafka is not None:
             await self.kafka.stop()
         self.batcher.close()

@@ -29,6 +29,7 @@ class Metrics:
     scores: Histogram
     model_info: Gauge
     model_reloads: Counter
+    requests_by_token: Counter
     kafka_consumed: Counter
     kafka_replied: Counter
     kafka_dead_lettered: Counter
@@ -80,6 +81,11 @@ def get() -> Metrics:
             "Attempts to serve a new version of the followed alias, by outcome "
             "(swapped, refused, failed).",
             ["outcome"],
+        ),
+        requests_by_token=Counter(
+            "predictflow_requests_by_token",
+            "REST requests admitted, by the name of their bearer token.",
+            ["token"],
         ),
         kafka_consumed=Counter(
             "predictflow_kafka_consumed", "Request records consumed."

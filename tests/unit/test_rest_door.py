@@ -352,3 +352,109 @@ def test_bentoml_client_error_tracebacks_are_dropped_server_errors_kept() -> Non
         assert not quiet.filter(record(invalid))
     assert quiet.filter(record(RuntimeError("server side")))
     assert quiet.filter(logging.LogRecord("x", logging.ERROR, "f", 1, "m", (), None))
+
+
+def _locked_door(
+    batcher: MicroBatcher, tokens_file: Any, *, fast_path: bool = True, **auth: Any
+) -> service.RestDoor:
+    from predictflow.settings import AuthSettings
+
+    return service.RestDoor(
+        Router(routes=ROUTES),
+        settings=ServingSettings(fast_path=fast_path),
+        batcher=lambda: batcher,
+        openapi=lambda: SPEC,
+        auth_settings=AuthSettings(tokens_file=tokens_file, **auth),
+    )
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_every_route_but_the_probes_needs_a_valid_token(
+    batcher: MicroBatcher,
+    fast_path: bool,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from predictflow import auth
+
+    good, revoked = auth.new_token("billing"), auth.new_token("old")
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"{good.line}\n{revoked.line}\n")
+    door = _locked_door(batcher, tokens_file, fast_path=fast_path)
+    routes = [
+        ("POST", "/predict", {"customer_id": "A"}),
+        ("POST", "/predict_batch", {"requests": [{"customer_id": "A"}]}),
+        ("GET", "/docs.json", None),
+        ("GET", "/static_content/index.html", None),
+    ]
+    caplog.set_level(logging.INFO)
+    async with _client(door) as client:
+        for method, path, body in routes:
+            for header in (
+                {},
+                {"authorization": "Bearer nope"},
+                {"authorization": good.token},
+            ):
+                r = await client.request(method, path, json=body, headers=header)
+                assert r.status_code == 401, (path, header, r.text)
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                assert r.json()["error"] == "unauthorized"
+            r = await client.request(
+                method,
+                path,
+                json=body,
+                headers={"authorization": f"Bearer {good.token}"},
+            )
+            assert r.status_code == 200, (path, r.text)
+        for probe in ("/livez",):
+            assert (await client.get(probe)).status_code == 200
+        # Rotation: the file changes, the revoked token stops working at once.
+        assert (
+            await client.post(
+                "/predict",
+                json={"customer_id": "A"},
+                headers={"authorization": f"Bearer {revoked.token}"},
+            )
+        ).status_code == 200
+        tokens_file.write_text(f"{good.line}\n")
+        door._tokens._checked = 0.0  # type: ignore[union-attr]  # skip the 1 s wait
+        r = await client.post(
+            "/predict",
+            json={"customer_id": "A"},
+            headers={"authorization": f"Bearer {revoked.token}"},
+        )
+        assert r.status_code == 401
+    assert good.token not in caplog.text and revoked.token not in caplog.text
+    assert "caller=-" in caplog.text
+
+
+async def test_metrics_are_open_unless_protected(
+    batcher: MicroBatcher, tmp_path: Any
+) -> None:
+    from predictflow import auth
+
+    made = auth.new_token("prometheus")
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(made.line + "\n")
+    routes = [*ROUTES, Route("/metrics", _livez)]
+    for protect, status in ((False, 200), (True, 401)):
+        from predictflow.settings import AuthSettings
+
+        door = service.RestDoor(
+            Router(routes=routes),
+            settings=ServingSettings(),
+            batcher=lambda: batcher,
+            openapi=lambda: SPEC,
+            auth_settings=AuthSettings(
+                tokens_file=tokens_file, protect_metrics=protect
+            ),
+        )
+        async with _client(door) as client:
+            assert (await client.get("/metrics")).status_code == status
+
+
+async def test_scores_are_never_cached(batcher: MicroBatcher) -> None:
+    async with _client(_door(batcher)) as client:
+        r = await client.post("/predict", json={"customer_id": "A"})
+        assert r.headers["cache-control"] == "no-store"
+        assert "cache-control" not in (await client.get("/livez")).headers
