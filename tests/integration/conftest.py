@@ -1,21 +1,25 @@
 """Real services for the integration suite.
 
-Kafka comes from `PREDICTFLOW_TEST_KAFKA` (bootstrap address, set by .ci/run
-after `scripts/kafka.sh up`), testcontainers when a Docker engine answers, or
-scripts/kafka.sh started here on free ports. Tests that stop the broker always
-get a broker of their own from scripts/kafka.sh.
+Two ways to get Redis and Kafka, chosen explicitly, never by what happens to
+be installed or running:
 
-Redis comes from, in order: `PREDICTFLOW_TEST_REDIS` (host:port, set by
-.ci/run after starting redis-server natively), testcontainers when a Docker
-engine answers, or a redis-server binary on PATH. None of these: the suite
-fails, it does not skip.
+- Native (`make test`, .ci/run): Redis from `PREDICTFLOW_TEST_REDIS`
+  (host:port, set by .ci/run after starting redis-server), else a
+  redis-server binary on PATH started on a free port; Kafka from
+  `PREDICTFLOW_TEST_KAFKA` (bootstrap address, set by .ci/run after
+  `scripts/kafka.sh up`), else scripts/kafka.sh started here on free ports.
+- Containers (`make test-containers` sets `PREDICTFLOW_TEST_CONTAINERS=1`):
+  both from testcontainers, local images, host networking
+  (tests/containers/support.py). The `PREDICTFLOW_TEST_*` addresses are then
+  ignored, and test_image.py (the service image itself) is collected.
+
+Tests that stop the broker always get a broker of their own from
+scripts/kafka.sh. A service that cannot be had fails the suite, never skips it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,32 +35,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def _docker_answers() -> bool:
-    # The CLI, not the Python client: a refused client connection leaks its
-    # socket, which `filterwarnings = error` turns into a failure.
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    try:
-        done = subprocess.run(
-            [docker, "info"], capture_output=True, timeout=15, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return done.returncode == 0
+#: The container suite: Redis and Kafka from testcontainers (explicit opt-in).
+CONTAINERS = os.environ.get("PREDICTFLOW_TEST_CONTAINERS", "") == "1"
+
+# The service image's own tests run only in the container suite.
+collect_ignore = [] if CONTAINERS else ["test_image.py"]
 
 
 @pytest.fixture(scope="session")
 def redis_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """host:port of a real Redis."""
-    if address := os.environ.get("PREDICTFLOW_TEST_REDIS"):
-        yield address
-    elif _docker_answers():
-        from testcontainers.redis import RedisContainer
+    if CONTAINERS:
+        from tests.containers.support import redis_container
 
-        with RedisContainer("redis:7.4") as container:
-            host = container.get_container_host_ip()
-            yield f"{host}:{container.get_exposed_port(6379)}"
+        with redis_container() as address:
+            yield address
+    elif address := os.environ.get("PREDICTFLOW_TEST_REDIS"):
+        yield address
     else:
         try:
             server = RedisServer(tmp_path_factory.mktemp("redis"))
@@ -104,13 +99,13 @@ def server(
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a real Apache Kafka broker."""
-    if address := os.environ.get("PREDICTFLOW_TEST_KAFKA"):
-        yield address
-    elif _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+    if CONTAINERS:
+        from tests.containers.support import kafka_container
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
-            yield container.get_bootstrap_server()
+        with kafka_container() as address:
+            yield address
+    elif address := os.environ.get("PREDICTFLOW_TEST_KAFKA"):
+        yield address
     else:
         broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).up()
         yield broker.bootstrap
