@@ -259,6 +259,20 @@ class KafkaRunner:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the loop must survive
+                    if _fenced(exc):
+                        # Another runner took this transactional id: this one
+                        # is a zombie. Starting a fresh producer would fence
+                        # the live one in turn; stop instead (redelivery and
+                        # the live runner cover what was not committed).
+                        metrics.get().kafka_errors.labels("fenced").inc()
+                        log.error(
+                            "event=kafka_fenced instance=%s error=%s: another "
+                            "runner uses this instance id; stopping",
+                            self.instance,
+                            type(exc).__name__,
+                        )
+                        self.request_stop()
+                        break
                     await self._recover("loop", exc)
             try:
                 await asyncio.wait_for(self._drain(), SHUTDOWN_DRAIN_SECONDS)
@@ -757,3 +771,10 @@ def _log_dead_letter(o: handler.Outgoing) -> None:
         source.partition if source else None,
         source.offset if source else None,
     )
+
+
+def _fenced(exc: BaseException) -> bool:
+    """True when a newer producer with this transactional id fenced this one."""
+    from aiokafka.errors import ProducerFenced
+
+    return isinstance(exc, ProducerFenced)
