@@ -326,7 +326,9 @@ class ConsumerProcess:
         return self.log_path.read_text()
 
     def kill(self) -> None:
-        self.proc.kill()
+        """SIGKILL it if it still runs; close its log either way."""
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait()
         self._log.close()
 
