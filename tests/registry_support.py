@@ -56,3 +56,22 @@ def set_alias(settings: Settings, alias: str, version: str) -> None:
     client(settings).set_registered_model_alias(
         settings.mlflow.model_name, alias, version
     )
+
+
+def stage_a_swap(data_dir: str, alias: str, seed: int) -> tuple[Settings, str, str]:
+    """Point `alias` at the champion and register a new version to move it to.
+
+    Returns the registry's settings, the champion's version and the new one;
+    moving the alias (`set_alias`) is then instant, for a test to do mid-load.
+    """
+    from pathlib import Path
+
+    from predictflow.registry import get_champion
+
+    settings = Settings(data_dir=Path(data_dir), mlflow={"tracking_uri": None})
+    champion = get_champion(settings)
+    if champion is None:
+        raise LookupError("no champion: bootstrap the workspace first")
+    set_alias(settings, alias, champion.version)
+    new = register(settings, small_booster(seed), f"{alias}-next")
+    return settings, champion.version, new

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from predictflow.data import load_telco
-from predictflow.registry import get_champion
-from predictflow.settings import Settings
 from tests.kafka_support import Topics, publish, read_all
-from tests.registry_support import register, set_alias, small_booster
+from tests.registry_support import set_alias, stage_a_swap
 from tests.support import ConsumerProcess, Workspace
 
 pytestmark = pytest.mark.filterwarnings(
@@ -26,15 +24,10 @@ ALIAS = "kafka-follow"
 def test_the_runner_swaps_models_mid_stream_losing_and_doubling_nothing(
     workspace: Workspace, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        data_dir=Path(workspace.env["PREDICTFLOW_DATA_DIR"]),
-        mlflow={"tracking_uri": None},
-    )
-    champion = get_champion(settings)
-    assert champion is not None
-    set_alias(settings, ALIAS, champion.version)
     # Registered before the stream: mid-stream only the alias moves.
-    new = register(settings, small_booster(5), f"{ALIAS}-next")
+    settings, old_version, new = stage_a_swap(
+        workspace.env["PREDICTFLOW_DATA_DIR"], ALIAS, seed=5
+    )
     topics = Topics.fresh("follow", kafka_bootstrap)
     env = {
         **workspace.env,
@@ -65,7 +58,7 @@ def test_the_runner_swaps_models_mid_stream_losing_and_doubling_nothing(
         runner.terminate()
     assert ids <= set(replies), f"{len(ids - set(replies))} requests lost"
     assert not [c for c in ids if len(replies[c]) > 1], "a request scored twice"
-    old, new_tag = f"churn-predictor:{champion.version}", f"churn-predictor:{new}"
+    old, new_tag = f"churn-predictor:{old_version}", f"churn-predictor:{new}"
     by_partition: dict[int, list[str]] = defaultdict(list)
     for cid in sorted(ids, key=lambda c: sent.records[c][2]):  # type: ignore[attr-defined]
         body, headers = replies[cid][0]

@@ -9,9 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from predictflow.registry import get_champion
-from predictflow.settings import Settings
-from tests.registry_support import register, set_alias, small_booster
+from tests.registry_support import set_alias, stage_a_swap
 from tests.support import BentoServer, Workspace
 
 pytestmark = pytest.mark.filterwarnings(
@@ -58,15 +56,10 @@ async def _load(url: str, seconds: float, moved: asyncio.Event) -> list[tuple]:
 def test_a_promotion_reaches_a_loaded_server_without_a_failed_request(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        data_dir=Path(workspace.env["PREDICTFLOW_DATA_DIR"]),
-        mlflow={"tracking_uri": None},
+    settings, old_version, new = stage_a_swap(
+        workspace.env["PREDICTFLOW_DATA_DIR"], ALIAS, seed=9
     )
-    champion = get_champion(settings)
-    assert champion is not None
-    set_alias(settings, ALIAS, champion.version)
-    new = register(settings, small_booster(9), f"{ALIAS}-next")
-    old_tag, new_tag = (f"churn-predictor:{v}" for v in (champion.version, new))
+    old_tag, new_tag = (f"churn-predictor:{v}" for v in (old_version, new))
     server = BentoServer(
         workspace,
         "follow",
