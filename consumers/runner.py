@@ -260,6 +260,7 @@ class KafkaRunner:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the loop must survive
                     if _fenced(exc):
+                        _retrieve_failures(self._pending)
                         # Another runner took this transactional id: this one
                         # is a zombie. Starting a fresh producer would fence
                         # the live one in turn; stop instead (redelivery and
@@ -771,6 +772,13 @@ def _log_dead_letter(o: handler.Outgoing) -> None:
         source.partition if source else None,
         source.offset if source else None,
     )
+
+
+def _retrieve_failures(pending: deque[_InFlight]) -> None:
+    """Mark the acks of abandoned polls as seen (no 'never retrieved' noise)."""
+    for item in pending:
+        for ack in item.acks:
+            ack.add_done_callback(_silence)
 
 
 def _fenced(exc: BaseException) -> bool:

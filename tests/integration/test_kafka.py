@@ -719,10 +719,12 @@ def test_a_runner_restarted_with_the_same_id_fences_its_zombie(
     zombie_errors = Counter(
         line.split(" error=", 1)[-1][:200]
         for line in seen.zombie_log.splitlines()
-        if "event=kafka_error" in line
+        if "event=kafka_error" in line or "event=kafka_fenced" in line
     )
     errors = "\n".join(f"{n} x {e}" for e, n in zombie_errors.most_common(5))
     assert any("ProducerFenced" in e for e in zombie_errors), seen.zombie_log[-3000:]
+    # Fenced, the zombie stops (it must not fence the live runner back).
+    assert "event=kafka_fenced" in seen.zombie_log, seen.zombie_log[-3000:]
     assert seen.open_replies_seen() == 0, story
     assert not tally.unknown, story
     assert not tally.missing, f"{story}\nthe zombie's errors:\n{errors}"
