@@ -85,6 +85,9 @@ class ModelFollower:
         self.alias = settings.model.alias
         self._refused: set[str] = set()
         self._reachable = True
+        #: The registry has answered once (logged, so operators and tests
+        #: see the follower at work).
+        self._followed = False
 
     @property
     def serving(self) -> str:
@@ -108,9 +111,14 @@ class ModelFollower:
                 )
             self._reachable = False
             return "unreachable"
-        if not self._reachable:
-            log.info("event=registry_reachable alias=%s", self.alias)
-            self._reachable = True
+        if not self._reachable or not self._followed:
+            log.info(
+                "event=following alias=%s version=%s serving=%s",
+                self.alias,
+                version,
+                self.scorer.model.version,
+            )
+            self._reachable = self._followed = True
         if version is None or version == self.serving or version in self._refused:
             return "unchanged"
         return self._swap(version)

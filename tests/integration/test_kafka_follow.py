@@ -11,7 +11,7 @@ import pytest
 from predictflow.data import load_telco
 from tests.kafka_support import Topics, publish, read_all
 from tests.registry_support import set_alias, stage_a_swap
-from tests.support import ConsumerProcess, Workspace
+from tests.support import ConsumerProcess, Workspace, wait_for
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*Any type hint is inferred:UserWarning"
@@ -39,6 +39,8 @@ def test_the_runner_swaps_models_mid_stream_losing_and_doubling_nothing(
     runner = ConsumerProcess(env, tmp_path / "runner.log")
     try:
         runner.wait_assigned()
+        # The runner's first look at the registry (it imports MLflow then).
+        wait_for(lambda: "event=following" in runner.logs(), 120, "the follower")
 
         async def stream_and_promote() -> object:
             sending = asyncio.create_task(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.registry_support import set_alias, stage_a_swap
-from tests.support import BentoServer, Workspace
+from tests.support import BentoServer, Workspace, wait_for
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*Any type hint is inferred:UserWarning"
@@ -69,6 +69,8 @@ def test_a_promotion_reaches_a_loaded_server_without_a_failed_request(
         },
     ).wait()
     try:
+        # The worker's first look at the registry (it imports MLflow then).
+        wait_for(lambda: "event=following" in server.logs(), 120, "the follower")
 
         async def scenario() -> tuple[list[tuple], float]:
             moved = asyncio.Event()
