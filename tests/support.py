@@ -77,6 +77,10 @@ class Workspace:
             PREDICTFLOW_FEAST__REPO_PATH=str(repo),
             BENTOML_HOME=str(root / "bentoml"),
             BENTOML_DO_NOT_TRACK="true",
+            # Serve the Bento-store model only: a test that moves an alias
+            # must not change what other tests' servers serve. The tests of
+            # alias following turn it on for their own processes.
+            PREDICTFLOW_MODEL__REFRESH_SECONDS="0",
             PYTHONUNBUFFERED="1",
         )
         return cls(root, env)
