@@ -68,7 +68,10 @@ def stage_a_swap(data_dir: str, alias: str, seed: int) -> tuple[Settings, str, s
 
     from predictflow.registry import get_champion
 
-    settings = Settings(data_dir=Path(data_dir), mlflow={"tracking_uri": None})
+    # Named, not inherited: MLflow's set_tracking_uri (another test's
+    # registry) also sets MLFLOW_TRACKING_URI for this process.
+    uri = f"sqlite:///{(Path(data_dir) / 'mlflow.db').resolve()}"
+    settings = Settings(data_dir=Path(data_dir), mlflow={"tracking_uri": uri})
     champion = get_champion(settings)
     if champion is None:
         raise LookupError("no champion: bootstrap the workspace first")
