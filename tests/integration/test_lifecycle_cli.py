@@ -121,7 +121,10 @@ def test_models_json_lists_every_version(
     ]
     for m in listed:
         assert {"version", "aliases", "roc_auc", "created"} <= set(m)
-        assert 0.5 < m["roc_auc"] <= 1.0
+        if m["seed"] is not None:  # trained here; other tests register bare ones
+            assert 0.5 < m["roc_auc"] <= 1.0
+        else:
+            assert m["roc_auc"] is None or 0.5 < m["roc_auc"] <= 1.0
         assert datetime.fromisoformat(m["created"]).tzinfo is not None
     assert sum("champion" in m["aliases"] for m in listed) == 1
     table = workspace.run("models").stdout
