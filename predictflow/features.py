@@ -49,7 +49,7 @@ def yaml_for(settings: FeastSettings) -> Path:
 
 def redis_connection(settings: FeastSettings) -> str:
     """The connection string with the client options it does not set itself."""
-    given = settings.redis_connection_string
+    given = settings.redis_connection_string.get_secret_value()
     present = {part.split("=", 1)[0] for part in given.split(",") if "=" in part}
     extra = [
         option

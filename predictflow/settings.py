@@ -48,9 +48,12 @@ class FeastSettings(BaseModel):
         default="sqlite",
         description="Online store: embedded SQLite, or Redis for production.",
     )
-    redis_connection_string: str = Field(
-        default="127.0.0.1:6379",
-        description="Feast Redis connection string, `host:port[,db=0,password=...]`.",
+    redis_connection_string: SecretStr = Field(
+        default=SecretStr("127.0.0.1:6379"),
+        description=(
+            "Feast Redis connection string, `host:port[,db=0,password=...]`; "
+            "secret, since it may hold the password."
+        ),
     )
     redis_client_options: str = Field(
         default="socket_connect_timeout=1,socket_timeout=1,retry=null",
@@ -423,6 +426,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "production does not serve open: set PREDICTFLOW_AUTH__TOKENS_FILE "
                     "(see `predictflow token new NAME`)"
+                )
+            if (
+                self.kafka.bootstrap_servers
+                and self.kafka.security_protocol == "PLAINTEXT"
+            ):
+                raise ValueError(
+                    "production does not talk to Kafka in the clear: set "
+                    "PREDICTFLOW_KAFKA__SECURITY_PROTOCOL=SASL_SSL (or SSL)"
                 )
         return self
 

@@ -426,7 +426,9 @@ def test_containers_build_valid_settings_wired_to_the_stack(
 ) -> None:
     settings = settings_of(service, monkeypatch)
     assert settings.feast.online_store == "redis"
-    host, port = host_port(settings.feast.redis_connection_string.split(",")[0])
+    host, port = host_port(
+        settings.feast.redis_connection_string.get_secret_value().split(",")[0]
+    )
     assert (host, port) == (REDIS, 6379)
     assert REDIS in services()
     command = services()[REDIS].get("command") or []

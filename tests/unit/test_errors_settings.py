@@ -42,7 +42,7 @@ def test_nested_settings_come_from_the_environment(
     monkeypatch.setenv("PREDICTFLOW_SERVING__MAX_BATCH_SIZE", "8")
     s = Settings()
     assert s.feast.online_store == "redis"
-    assert s.feast.redis_connection_string == "10.0.0.1:6380"
+    assert s.feast.redis_connection_string.get_secret_value() == "10.0.0.1:6380"
     assert s.serving.max_batch_size == 8
 
 
@@ -105,6 +105,33 @@ def test_production_refuses_to_serve_open(monkeypatch: pytest.MonkeyPatch) -> No
         Settings()
     monkeypatch.setenv("PREDICTFLOW_AUTH__TOKENS_FILE", "/etc/predictflow/tokens")
     assert Settings().environment == "production"
+
+
+def test_production_refuses_plaintext_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREDICTFLOW_ENV", "production")
+    monkeypatch.setenv("PREDICTFLOW_FEAST__ONLINE_STORE", "redis")
+    monkeypatch.setenv("PREDICTFLOW_SERVING__MODEL_TAG", "churn-predictor:3")
+    monkeypatch.setenv("PREDICTFLOW_AUTH__TOKENS_FILE", "/etc/predictflow/tokens")
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__BOOTSTRAP_SERVERS", "kafka:9093")
+    with pytest.raises(ValidationError, match="SECURITY_PROTOCOL=SASL_SSL"):
+        Settings()
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__SECURITY_PROTOCOL", "SSL")
+    assert Settings().kafka.security_protocol == "SSL"
+
+
+def test_the_redis_password_never_shows_in_a_settings_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from predictflow.features import redis_connection
+
+    monkeypatch.setenv(
+        "PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING",
+        "redis:6379,password=hunter3-secret",
+    )
+    settings = Settings()
+    assert "hunter3-secret" not in settings.model_dump_json()
+    assert "hunter3-secret" not in repr(settings)
+    assert "password=hunter3-secret" in redis_connection(settings.feast)
 
 
 def test_the_kafka_password_never_shows_in_a_settings_dump(
