@@ -283,16 +283,19 @@ def get_version(settings: Settings, version: str | None = None) -> VersionInfo:
     return _info(c, mv, aliases)
 
 
+def alias_version(settings: Settings, alias: str) -> str | None:
+    """The version `alias` points at, or None when no version holds it."""
+    held = _aliases_by_version(settings).items()
+    return next((v for v, names in held if alias in names), None)
+
+
 def set_alias(settings: Settings, version: str, alias: str) -> str | None:
     """Point `alias` at an existing `version`; returns the version it left.
 
     Raises `UnknownVersion` (and moves nothing) when the version does not exist.
     """
     target = get_version(settings, version)
-    previous = next(
-        (v for v, names in _aliases_by_version(settings).items() if alias in names),
-        None,
-    )
+    previous = alias_version(settings, alias)
     client(settings).set_registered_model_alias(
         settings.mlflow.model_name, alias, target.version
     )
