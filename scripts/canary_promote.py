@@ -15,15 +15,22 @@ Prometheus how the canary did against the stable track:
 
 Healthy: the next step. Unhealthy, or too little traffic to judge: roll back
 (REST weight 0, canary scaled to 0) and say why. After the last step the
-stable Deployment takes the canary's pod template (image and model tag), the
-route goes back to stable and the canary is scaled to 0.
+MLflow alias `champion` moves to the version `challenger` names (the one
+canary pods follow, read when the script starts), the stable Deployment takes
+the canary's pod template (image; its alias stays `champion`), the route goes
+back to stable and the canary is scaled to 0. Stable pods follow `champion`,
+so they load the new version without a rollout. A rollback or an error never
+touches `champion`. Without a registry (`--mlflow-tracking-uri`,
+`MLFLOW_TRACKING_URI` or `PREDICTFLOW_MLFLOW__TRACKING_URI`) or without a
+`challenger` alias, only the pod template is promoted.
 
 Metrics are told apart by a `track` label (`stable` / `canary`), which the
 Prometheus scrape config copies from the pod label of the same name.
 
 Exit codes: 0 promoted, 2 rolled back, 1 could not run (Prometheus or the
-cluster unreachable, bad arguments). `--dry-run` prints the patches (one JSON
-object per line on stdout) instead of sending them.
+cluster or the registry unreachable, bad arguments). `--dry-run` prints the
+patches and the alias move (one JSON object per line on stdout) instead of
+making them; it still reads the registry.
 """
 
 from __future__ import annotations
@@ -32,15 +39,22 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+if TYPE_CHECKING:
+    from predictflow.settings import Settings
+
 EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK = 0, 1, 2
+#: The alias canary pods follow (k8s/base/configmap.yaml); stable pods follow
+#: the champion alias of the settings.
+CHALLENGER = "challenger"
 
 
 @dataclass(frozen=True)
@@ -186,6 +200,23 @@ class Names:
     canary: str = "churn-predictor-canary"
     stable_service: str = "churn-predictor-stable"
     canary_service: str = "churn-predictor-canary"
+    stable_config: str = "churn-predictor-stable-config"
+    canary_config: str = "churn-predictor-canary-config"
+
+    def stable_template(self, canary: dict[str, Any]) -> dict[str, Any]:
+        """The canary's pod template as the stable Deployment's.
+
+        Only the track label and the per-track ConfigMap change: stable pods
+        must go on following `champion`, never the canary's `challenger`.
+        """
+        template = copy.deepcopy(canary)
+        template["metadata"]["labels"]["track"] = "stable"
+        for container in template["spec"]["containers"]:
+            for source in container.get("envFrom") or []:
+                ref = source.get("configMapRef") or {}
+                if ref.get("name") == self.canary_config:
+                    ref["name"] = self.stable_config
+        return template
 
     def route_patch(
         self, route: dict[str, Any], stable: int, canary: int
@@ -289,11 +320,130 @@ class Kube:
         canary = self.apps.read_namespaced_deployment(
             self.names.canary, self.names.namespace
         )
-        template = self.apps.api_client.sanitize_for_serialization(canary.spec.template)
-        template["metadata"]["labels"]["track"] = "stable"
+        template = self.names.stable_template(
+            self.apps.api_client.sanitize_for_serialization(canary.spec.template)
+        )
         self.apps.patch_namespaced_deployment(
             self.names.stable, self.names.namespace, {"spec": {"template": template}}
         )
+
+
+class Aliases:
+    """The registry's `champion` and `challenger` (predictflow.registry).
+
+    A dry run reads the registry but prints the champion move instead of
+    making it.
+    """
+
+    def __init__(self, settings: Settings, dry_run: bool) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+        self.champion = settings.mlflow.champion_alias
+
+    def version(self, alias: str) -> str | None:
+        """The version `alias` names (None: no such alias)."""
+        from predictflow.registry import alias_version
+
+        return alias_version(self.settings, alias)
+
+    def move_champion(self, version: str) -> None:
+        """Point `champion` at `version` (the `predictflow promote` move)."""
+        if self.dry_run:
+            line = {
+                "kind": "MLflowAlias",
+                "model": self.settings.mlflow.model_name,
+                "name": self.champion,
+                "patch": {"version": version},
+            }
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            return
+        from predictflow.registry import set_alias
+
+        set_alias(self.settings, version, self.champion)
+
+
+@dataclass(frozen=True)
+class Models:
+    """Which registered versions the canary compares (read before step one)."""
+
+    champion: str | None
+    challenger: str | None
+
+
+class ChallengerMoved(RuntimeError):
+    """`challenger` changed during the canary: what was judged is not what it names."""
+
+
+def registry_settings(uri: str | None) -> Settings | None:
+    """Settings on the registry to use, or None when none is configured.
+
+    Only a registry named on purpose counts (the flag, `MLFLOW_TRACKING_URI`,
+    `PREDICTFLOW_MLFLOW__TRACKING_URI`): the settings' fallback, a local SQLite
+    file, is never the cluster's registry.
+    """
+    from predictflow.settings import Settings
+
+    settings = Settings()
+    uri = uri or settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": uri})
+    return settings.model_copy(update={"mlflow": mlflow})
+
+
+def read_models(aliases: Aliases | None) -> Models:
+    """The champion and challenger versions, said to the operator."""
+    if aliases is None:
+        say(
+            "no MLflow registry configured (--mlflow-tracking-uri, "
+            "MLFLOW_TRACKING_URI or PREDICTFLOW_MLFLOW__TRACKING_URI): champion "
+            "will not move; only the pod template is promoted"
+        )
+        return Models(None, None)
+    models = Models(aliases.version(aliases.champion), aliases.version(CHALLENGER))
+    if models.challenger is None:
+        say(
+            f"no {CHALLENGER} alias in the registry: canary pods serve their "
+            f"image's model; {aliases.champion} will not move (version "
+            f"{models.champion or 'none'}); only the pod template is promoted"
+        )
+    else:
+        say(
+            f"canary follows {CHALLENGER} = version {models.challenger}; "
+            f"{aliases.champion} is version {models.champion or 'none'}"
+        )
+    return models
+
+
+def champion_stays(aliases: Aliases | None, models: Models) -> None:
+    """Say that the champion was left where it was."""
+    if aliases is None:
+        say("champion not touched (no registry)")
+    else:
+        say(f"{aliases.champion} stays version {models.champion or 'none'}")
+
+
+def promote_champion(aliases: Aliases | None, models: Models) -> None:
+    """At 100 %: `champion` to the version judged, if the registry names one."""
+    if aliases is None or models.challenger is None:
+        champion_stays(aliases, models)
+        return
+    now = aliases.version(CHALLENGER)
+    if now != models.challenger:
+        raise ChallengerMoved(
+            f"{CHALLENGER} moved from version {models.challenger} to {now} during "
+            f"the canary; {aliases.champion} not moved"
+        )
+    if models.challenger == models.champion:
+        champion_stays(aliases, models)
+        return
+    aliases.move_champion(models.challenger)
+    would = "would move (dry run)" if aliases.dry_run else "moved"
+    say(
+        f"{aliases.champion} {would} from version {models.champion or 'none'} "
+        f"to {models.challenger}"
+    )
 
 
 def canary_replicas(stable: int, weight: int) -> int:
@@ -324,8 +474,14 @@ def rollout(
     window_s: int,
     thresholds: Thresholds,
     settle_s: float,
+    aliases: Aliases | None = None,
 ) -> int:
-    """Walk the steps; returns the exit code. Any error sends traffic back first."""
+    """Walk the steps; returns the exit code. Any error sends traffic back first.
+
+    `champion` moves only after the last step passed, before the pod template
+    (a registry that fails then leaves the stable template as it was).
+    """
+    models = read_models(aliases)
     stable = cluster.stable_replicas()
     try:
         for weight in steps:
@@ -341,14 +497,19 @@ def rollout(
             if not verdict.healthy:
                 say(f"ROLLBACK at {weight}%: " + "; ".join(verdict.reasons))
                 back_to_stable(cluster)
+                champion_stays(aliases, models)
                 return EXIT_ROLLED_BACK
             say(f"  healthy at {weight}%")
         say("PROMOTED: stable takes the canary's pod template; canary scaled to 0")
+        promote_champion(aliases, models)
         cluster.promote_template()
         back_to_stable(cluster)
         return EXIT_PROMOTED
     except Exception:
-        say("ERROR during the rollout: sending all traffic back to stable")
+        say(
+            "ERROR during the rollout: sending all traffic back to stable "
+            "(champion not moved by this run)"
+        )
         back_to_stable(cluster)
         raise
 
@@ -363,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         "--settle", type=float, default=15.0, help="extra seconds for scrapes to land"
     )
     p.add_argument("--namespace", default="predictflow")
+    p.add_argument(
+        "--mlflow-tracking-uri",
+        help="the registry whose champion moves at 100 %% (default: "
+        "PREDICTFLOW_MLFLOW__TRACKING_URI, else MLFLOW_TRACKING_URI; none: "
+        "the pod template only)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print patches, send none")
     p.add_argument(
         "--route-manifest",
@@ -395,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         min_requests=args.min_requests,
     )
     try:
+        settings = registry_settings(args.mlflow_tracking_uri)
+        aliases = None if settings is None else Aliases(settings, args.dry_run)
         cluster: Cluster = (
             DryRun(names, args.stable_replicas, args.route_manifest)
             if args.dry_run
@@ -407,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             args.window,
             thresholds,
             args.settle,
+            aliases,
         )
     except Exception as exc:  # noqa: BLE001 - any failure: say it, exit 1
         say(f"cannot run: {type(exc).__name__}: {exc}")
