@@ -27,6 +27,7 @@ from kubernetes_validate import utils as kv_utils
 from pydantic import BaseModel
 
 from predictflow.settings import Settings
+from tests.canary_support import canary_promote
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -66,6 +67,8 @@ CONTRACT: set[tuple[str, str]] = {
     ("Namespace", NAMESPACE),
     ("ServiceAccount", "churn-predictor"),
     ("ConfigMap", "churn-predictor-config"),
+    ("ConfigMap", "churn-predictor-stable-config"),
+    ("ConfigMap", "churn-predictor-canary-config"),
     ("Deployment", "churn-predictor"),
     ("Deployment", "churn-predictor-canary"),
     ("Service", "churn-predictor"),
@@ -78,7 +81,14 @@ CONTRACT: set[tuple[str, str]] = {
 }
 CLUSTER_SCOPED = {"Namespace"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-EGRESS_PORTS = {53, 6379, 9092}  # DNS, Redis, Kafka
+EGRESS_PORTS = {53, 6379, 9092, 5000}  # DNS, Redis, Kafka, MLflow
+# The MLflow alias each workload follows (the canary's is the one
+# scripts/canary_promote.py reads and promotes).
+ALIAS_OF = {
+    "churn-predictor": "champion",
+    "churn-predictor-canary": "challenger",
+    "churn-consumer": "champion",
+}
 PRESTOP_SECONDS_MIN = 5
 PROBE_HANDLERS = {"httpGet", "tcpSocket", "grpc"}
 CONTAINER_TMP = "/tmp"  # noqa: S108 - the container's, checked to be an emptyDir
@@ -751,7 +761,7 @@ def test_pods_are_scraped_with_a_track(manifests: Manifests) -> None:
 
 def test_env_keys_are_settings(manifests: Manifests) -> None:
     prefix = Settings.model_config["env_prefix"]
-    keys = set(manifests.get("ConfigMap", "churn-predictor-config")["data"])
+    keys = {k for c in manifests.of_kind("ConfigMap") for k in c["data"]}
     assert all(k.startswith(prefix) for k in keys), keys
     for pod in manifests.pods():
         for container in pod.containers():
@@ -784,6 +794,60 @@ def test_containers_get_valid_production_settings(
             assert image.startswith("predictflow/churn-predictor:"), image
             tag = settings.serving.model_tag
             assert model_of_image.setdefault(image, tag) == tag, (image, tag)
+
+
+def test_tracks_follow_their_own_alias_in_one_registry(
+    manifests: Manifests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stable pods (and the consumer) follow `champion`, canary pods the
+    `challenger` canary_promote.py promotes; all in the same MLflow server,
+    with a writable place for the versions they download."""
+    assert ALIAS_OF["churn-predictor-canary"] == canary_promote().CHALLENGER
+    shared = set(manifests.get("ConfigMap", "churn-predictor-config")["data"])
+    registries = set()
+    for pod in manifests.pods():
+        name = pod.owner["metadata"]["name"]
+        for container in pod.containers():
+            # Each pod's alias comes from its track's ConfigMap alone, so
+            # the order of `envFrom` never decides it.
+            refs = [s["configMapRef"]["name"] for s in container["envFrom"]]
+            own = [r for r in refs if r != "churn-predictor-config"]
+            (track_config,) = own
+            keys = set(manifests.get("ConfigMap", track_config)["data"])
+            assert not keys & shared, (name, keys & shared)
+            settings = _settings_for(manifests.container_env(container), monkeypatch)
+            assert settings.model.alias == ALIAS_OF[name], name
+            assert settings.model.refresh_seconds > 0, name
+            uri = settings.mlflow.tracking_uri
+            assert uri and uri.startswith(("http://", "https://")), (name, uri)
+            registries.add(uri)
+            assert _writable(container, pod, str(settings.data_dir)), name
+    assert len(registries) == 1, registries
+
+
+def test_promoting_the_canary_template_keeps_stable_on_champion(
+    manifests: Manifests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What canary_promote.py patches into stable at 100 %: the canary's pod
+    template with the stable track and alias, and with the base manifests
+    nothing else changes, so stable pods are not rolled."""
+    names = canary_promote().Names()
+    canary = manifests.get("Deployment", names.canary)["spec"]["template"]
+    stable = manifests.get("Deployment", names.stable)["spec"]["template"]
+    promoted = names.stable_template(canary)
+    assert canary["metadata"]["labels"]["track"] == "canary"  # not mutated
+    assert promoted["metadata"]["labels"]["track"] == "stable"
+    (container,) = promoted["spec"]["containers"]
+    settings = _settings_for(manifests.container_env(container), monkeypatch)
+    assert settings.model.alias == ALIAS_OF[names.stable]
+    # A strategic merge patch keeps what the patch leaves out (the spread).
+    without_spread = {
+        **stable,
+        "spec": {
+            k: v for k, v in stable["spec"].items() if k != "topologySpreadConstraints"
+        },
+    }
+    assert promoted == without_spread
 
 
 def test_kafka_logins_come_from_a_secret(
