@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -12,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from predictflow.registry import alias_version
+from predictflow.settings import Settings
+from tests.registry_support import register, small_booster
 from tests.support import ROOT, BentoServer, PrometheusServer, Workspace
+
+# MLflow's pyfunc types warn on import when a model is logged in-process.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*Any type hint is inferred:UserWarning"
+)
 
 CUSTOMERS = ["7590-VHVEG", "5575-GNVDE", "3668-QPYBK", "7795-CFOCW", "9237-HQITU"]
 
@@ -45,6 +54,19 @@ def failing_canary(workspace: Workspace) -> Iterator[BentoServer]:
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """champion on version 1, challenger on version 2 (dry runs move nothing)."""
+    root = tmp_path_factory.mktemp("canary-registry")
+    settings = Settings(
+        data_dir=root / "var",
+        mlflow={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+    )
+    register(settings, small_booster(1), "champion")
+    register(settings, small_booster(2), "challenger")
+    return settings
+
+
 class Load:
     """Steady /predict traffic to some servers until stopped."""
 
@@ -74,7 +96,19 @@ class Load:
         self.thread.join(timeout=30)
 
 
-def _promote(prometheus: PrometheusServer) -> tuple[int, list[dict[str, object]], str]:
+def _promote(
+    prometheus: PrometheusServer, registry: Settings | None
+) -> tuple[int, list[dict[str, object]], str]:
+    # Only the registry named here: MLflow exports MLFLOW_TRACKING_URI for
+    # whichever test set a tracking URI in this process before.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PREDICTFLOW_MLFLOW__TRACKING_URI")
+    }
+    registry_args = (
+        [] if registry is None else ["--mlflow-tracking-uri", registry.tracking_uri]
+    )
     done = subprocess.run(
         [
             sys.executable,
@@ -92,7 +126,9 @@ def _promote(prometheus: PrometheusServer) -> tuple[int, list[dict[str, object]]
             "3",
             "--min-requests",
             "10",
+            *registry_args,
         ],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -126,44 +162,58 @@ def _summary(patches: list[dict[str, object]]) -> list[tuple[str, object]]:
             )
         elif p["kind"] == "Deployment/scale":
             out.append(("canary_replicas", patch["spec"]["replicas"]))
+        elif p["kind"] == "MLflowAlias":
+            out.append((str(p["name"]), patch["version"]))
         else:
             out.append(("promote", p["name"]))
     return out
 
 
 def _rollout_under_load(
-    workdir: Path, stable: BentoServer, canary: BentoServer
+    workdir: Path,
+    stable: BentoServer,
+    canary: BentoServer,
+    registry: Settings | None = None,
 ) -> tuple[int, list[tuple[str, object]], str]:
     """A real Prometheus scrapes both tracks while they serve; run the script."""
     targets = {"stable": stable.url[7:], "canary": canary.url[7:]}
     prometheus = PrometheusServer(workdir / "prom", targets)
     try:
         with Load(stable, canary):
-            code, patches, log = _promote(prometheus)
+            code, patches, log = _promote(prometheus, registry)
     finally:
         prometheus.stop()
     return code, _summary(patches), log
 
 
 def test_a_healthy_canary_is_promoted_step_by_step(
-    tmp_path: Path, stable: BentoServer, healthy_canary: BentoServer
+    tmp_path: Path,
+    stable: BentoServer,
+    healthy_canary: BentoServer,
+    registry: Settings,
 ) -> None:
-    code, patches, log = _rollout_under_load(tmp_path, stable, healthy_canary)
+    code, patches, log = _rollout_under_load(tmp_path, stable, healthy_canary, registry)
     assert code == 0, log
     assert patches == [
         ("canary_replicas", 1), ("weights", (90, 10)),
         ("canary_replicas", 1), ("weights", (70, 30)),
         ("canary_replicas", 3), ("weights", (50, 50)),
         ("canary_replicas", 3), ("weights", (0, 100)),
+        ("champion", "2"),
         ("promote", "churn-predictor"), ("weights", (100, 0)), ("canary_replicas", 0),
     ]  # fmt: skip
     assert "PROMOTED" in log
+    assert "champion would move (dry run) from version 1 to 2" in log
+    assert alias_version(registry, "champion") == "1"  # a dry run moves nothing
 
 
 def test_a_failing_canary_is_rolled_back_with_the_reason(
-    tmp_path: Path, stable: BentoServer, failing_canary: BentoServer
+    tmp_path: Path,
+    stable: BentoServer,
+    failing_canary: BentoServer,
+    registry: Settings,
 ) -> None:
-    code, patches, log = _rollout_under_load(tmp_path, stable, failing_canary)
+    code, patches, log = _rollout_under_load(tmp_path, stable, failing_canary, registry)
     assert code == 2, log
     assert patches == [
         ("canary_replicas", 1), ("weights", (90, 10)),
@@ -171,6 +221,7 @@ def test_a_failing_canary_is_rolled_back_with_the_reason(
     ]  # fmt: skip
     assert "ROLLBACK at 10%" in log
     assert "5xx rate" in log
+    assert "champion stays version 1" in log
 
 
 def test_no_prometheus_is_an_error_exit(tmp_path: Path) -> None:
