@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
         typecheck test-services bench bench-quick clean \
-        docker-up docker-down docker-images image test-containers
+        docker-up docker-down docker-images image test-containers compose-secrets
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,11 @@ CONTAINER_TESTS = tests/integration/test_image.py tests/integration/test_rest.py
 CONTAINER_DESELECT = not broker_restart and not broker_is_down and not sigkill \
         and not joining_and_leaving and not sigterm_exits and not rebalance \
         and not zombie
+
+## Dev secrets for docker compose: .env (random passwords) and deploy/secrets/
+## (the REST token and tokens file, the requester's Kafka login). Idempotent.
+compose-secrets: install
+	$(BIN)/python scripts/compose_secrets.py
 
 ## Integration tests against containers (testcontainers, local images).
 test-containers: install docker-images image

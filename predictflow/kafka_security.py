@@ -17,17 +17,16 @@ def client_security(settings: KafkaSettings) -> dict[str, Any]:
     """aiokafka keyword arguments for the configured security protocol."""
     if settings.security_protocol == "PLAINTEXT":
         return {}
-    from aiokafka.helpers import create_ssl_context
+    args: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
 
-    args: dict[str, Any] = {
-        "security_protocol": settings.security_protocol,
-        "ssl_context": create_ssl_context(
+        args["ssl_context"] = create_ssl_context(
             cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
             certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
             keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        ),
-    }
-    if settings.security_protocol == "SASL_SSL":
+        )
+    if settings.security_protocol.startswith("SASL_"):
         password = settings.sasl_password
         args.update(
             sasl_mechanism=settings.sasl_mechanism,

@@ -196,15 +196,19 @@ class KafkaSettings(BaseModel):
         default=None,
         description="Comma-separated brokers; unset turns the Kafka runner off.",
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
-        default="PLAINTEXT",
-        description=(
-            "How clients reach the brokers: PLAINTEXT (local only), SSL (TLS, "
-            "optionally mutual), or SASL_SSL (TLS plus a SASL login)."
-        ),
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"] = (
+        Field(
+            default="PLAINTEXT",
+            description=(
+                "How clients reach the brokers: PLAINTEXT (local only), SSL (TLS, "
+                "optionally mutual), SASL_SSL (TLS plus a SASL login), or "
+                "SASL_PLAINTEXT (a login without TLS: the compose stack's private "
+                "network only; production refuses it)."
+            ),
+        )
     )
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
-        default="SCRAM-SHA-512", description="SASL mechanism (SASL_SSL)."
+        default="SCRAM-SHA-512", description="SASL mechanism (SASL_*)."
     )
     sasl_username: str | None = Field(default=None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(
@@ -363,12 +367,12 @@ class KafkaSettings(BaseModel):
 
 
 def _check_kafka_security(kafka: KafkaSettings) -> None:
-    if kafka.security_protocol == "SASL_SSL" and not (
+    if kafka.security_protocol.startswith("SASL_") and not (
         kafka.sasl_username and kafka.sasl_password
     ):
         raise ValueError(
-            "kafka.security_protocol SASL_SSL needs kafka.sasl_username and "
-            "kafka.sasl_password"
+            f"kafka.security_protocol {kafka.security_protocol} needs "
+            "kafka.sasl_username and kafka.sasl_password"
         )
     if (kafka.ssl_certfile is None) != (kafka.ssl_keyfile is None):
         raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together")
@@ -427,9 +431,9 @@ class Settings(BaseSettings):
                     "production does not serve open: set PREDICTFLOW_AUTH__TOKENS_FILE "
                     "(see `predictflow token new NAME`)"
                 )
-            if (
-                self.kafka.bootstrap_servers
-                and self.kafka.security_protocol == "PLAINTEXT"
+            if self.kafka.bootstrap_servers and self.kafka.security_protocol in (
+                "PLAINTEXT",
+                "SASL_PLAINTEXT",
             ):
                 raise ValueError(
                     "production does not talk to Kafka in the clear: set "

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -386,12 +387,22 @@ def test_env_example_has_no_unused_variables() -> None:
     assert set(env_example()) - used == set()
 
 
+#: The secrets without a default: compose refuses to start until they exist.
+REQUIRED_SECRETS = {
+    "GRAFANA_ADMIN_PASSWORD",
+    "REDIS_PASSWORD",
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_PREDICTFLOW_PASSWORD",
+    "KAFKA_REQUESTER_PASSWORD",
+}
+
+
 def test_compose_fails_without_an_env_file() -> None:
-    # Only the Grafana password has no default: compose must refuse to start.
-    with pytest.raises(LookupError, match="GRAFANA_ADMIN_PASSWORD"):
+    with pytest.raises(LookupError, match="make compose-secrets"):
         interpolate(raw_compose(), {})
     required = {ref.name for ref in references(raw_compose()) if ref.op == ":?"}
-    assert required == {"GRAFANA_ADMIN_PASSWORD"}
+    assert required == REQUIRED_SECRETS
+    assert all(SECRET_KEY.search(name) for name in required)
 
 
 def test_predictflow_variables_are_settings_fields() -> None:
@@ -736,10 +747,18 @@ def test_dashboard_layout_is_sound() -> None:
 # --- secrets --------------------------------------------------------------------
 
 
+def secret_file_variable(key: str, value: str) -> bool:
+    """A `*_FILE` setting naming a compose secret's mount: a path, not a secret."""
+    return key.endswith("_FILE") and value.startswith("/run/secrets/")
+
+
 def test_no_literal_secrets_in_the_compose_file() -> None:
     text = COMPOSE.read_text()
     for number, line in enumerate(text.splitlines(), 1):
         code = line.split(" #")[0] if not line.lstrip().startswith("#") else ""
+        key, _, value = code.strip().partition(": ")
+        if secret_file_variable(key, value):
+            continue
         code = re.sub(r"\$\{[^}]*\}", "${}", code)
         literal = re.search(
             rf"({SECRET_KEY.pattern})\w*\s*[:=]\s*(?![\s\"']*\$\{{)\S", code, re.I
@@ -747,7 +766,7 @@ def test_no_literal_secrets_in_the_compose_file() -> None:
         assert literal is None, f"docker-compose.yml:{number}: {line.strip()}"
     for svc in raw_compose()["services"].values():
         for key, value in (svc.get("environment") or {}).items():
-            if SECRET_KEY.search(key):
+            if SECRET_KEY.search(key) and not secret_file_variable(key, str(value)):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(value)), (
                     f"{key}: from .env, with no default"
                 )
@@ -758,3 +777,139 @@ def test_env_example_holds_placeholders_only() -> None:
         if SECRET_KEY.search(key):
             assert "change" in value.lower(), f"{key} must be an obvious placeholder"
     assert "CHANGE THIS" in ENV_EXAMPLE.read_text()
+
+
+# --- the locks: REST token, Redis AUTH, Kafka SASL -----------------------------
+
+
+def jaas_users(jaas: str) -> dict[str, str]:
+    """user name -> password of a PlainLoginModule JAAS line."""
+    assert jaas.startswith("org.apache.kafka.common.security.plain.PlainLoginModule")
+    assert jaas.endswith(";")
+    return dict(re.findall(r'\buser_([A-Za-z0-9_-]+)="([^"]*)"', jaas))
+
+
+def test_the_service_reads_tokens_from_a_mounted_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_of(SERVICE, monkeypatch)
+    assert settings.auth.tokens_file is not None
+    path = PurePosixPath(settings.auth.tokens_file)
+    assert path.parent == PurePosixPath("/run/secrets")
+    assert path.name in services()[SERVICE]["secrets"]
+    source = compose()["secrets"][path.name]["file"]
+    assert source == "./deploy/secrets/tokens"
+    assert "deploy/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_redis_requires_the_password_the_stack_logs_in_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis = services()[REDIS]
+    assert redis["command"][-1] == 'exec redis-server --requirepass "$REDIS_PASSWORD"'
+    assert "$REDIS_PASSWORD" in redis["healthcheck"]["test"][1]
+    password = redis["environment"]["REDIS_PASSWORD"]
+    for service in ("bootstrap", SERVICE):
+        connection = settings_of(service, monkeypatch).feast.redis_connection_string
+        options = dict(
+            part.split("=", 1) for part in connection.get_secret_value().split(",")[1:]
+        )
+        assert options["password"] == password, service
+
+
+def test_every_kafka_listener_but_the_controller_needs_a_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = environment(KAFKA)
+    protocols = dict(
+        item.split(":")
+        for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert protocols.pop(controller) == "PLAINTEXT"
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    mechanisms = env["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] in mechanisms
+    # The service logs in as a user each client listener knows, with its password.
+    settings = settings_of(SERVICE, monkeypatch)
+    kafka = settings.kafka
+    assert kafka.security_protocol == "SASL_PLAINTEXT"
+    assert kafka.sasl_mechanism in mechanisms == ["PLAIN"]
+    assert kafka.sasl_password is not None
+    for listener in protocols:
+        jaas = env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"]
+        users = jaas_users(jaas)
+        assert users[str(kafka.sasl_username)] == kafka.sasl_password.get_secret_value()
+        assert set(users) == {"admin", "predictflow", "requester"}
+        # The broker's own login (inter-broker) is one of its users.
+        own = dict(re.findall(r'\b(username|password)="([^"]*)"', jaas))
+        assert users[own["username"]] == own["password"]
+    # The healthcheck logs in with the broker's own JAAS line.
+    check = " ".join(services()[KAFKA]["healthcheck"]["test"][1:])
+    assert "--command-config" in check
+    assert "$KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG" in check
+
+
+def run_compose_secrets(root: Path) -> str:
+    result = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "compose_secrets.py"),
+            "--root",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_compose_secrets_makes_every_secret_once(tmp_path: Path) -> None:
+    from predictflow.auth import Tokens
+
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env.example")
+    run_compose_secrets(tmp_path)
+    env = dict(env_example())
+    made = {
+        name: value
+        for name, _, value in (
+            line.partition("=")
+            for line in (tmp_path / ".env").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+    }
+    assert set(made) == set(env)
+    for name in REQUIRED_SECRETS:
+        assert made[name] != env[name] and len(made[name]) >= 32, name
+    assert len({made[name] for name in REQUIRED_SECRETS}) == len(REQUIRED_SECRETS)
+    for name in set(env) - REQUIRED_SECRETS:
+        assert made[name] == env[name], f"{name}: not a secret, kept as it is"
+    interpolate(raw_compose(), made)  # compose starts with this .env
+
+    secrets_dir = tmp_path / "deploy" / "secrets"
+    token = (secrets_dir / "rest-token").read_text().strip()
+    tokens = Tokens(secrets_dir / "tokens")
+    assert tokens.name_of(f"Bearer {token}") == "compose"
+    assert tokens.name_of("Bearer not-the-token") is None
+    requester = (secrets_dir / "requester.env").read_text()
+    assert f"PREDICTFLOW_KAFKA__SASL_PASSWORD={made['KAFKA_REQUESTER_PASSWORD']}" in (
+        requester
+    )
+    modes = {
+        p.name: p.stat().st_mode & 0o777
+        for p in (tmp_path / ".env", *secrets_dir.iterdir())
+    }
+    assert modes == {
+        ".env": 0o600,
+        "rest-token": 0o600,
+        "requester.env": 0o600,
+        "tokens": 0o644,  # digests only; the image's user must read the mount
+    }
+
+    # Idempotent: a second run (a stack already up) changes nothing.
+    before = {p: p.read_bytes() for p in (tmp_path / ".env", *secrets_dir.iterdir())}
+    assert "unchanged" in run_compose_secrets(tmp_path)
+    assert {p: p.read_bytes() for p in before} == before
