@@ -46,13 +46,13 @@ from typing import Any
 
 from consumers import handler
 from consumers.reply_topics import ReplyTopics, undeliverable
+from consumers.security import client_security
+from consumers.topics import ensure_topics
 from predictflow import metrics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.errors import FeatureStoreUnavailable
-from predictflow.kafka_security import client_security
 from predictflow.scoring import Scorer
 from predictflow.settings import KafkaSettings
-from predictflow.topics import ensure_topics
 
 log = logging.getLogger("predictflow.kafka")
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "publish":
         import asyncio
 
-        from predictflow import publish
+        # The Kafka side lives in consumers/: the core imports no transport.
+        from consumers import publish
 
         brokers = (
             args.bootstrap_servers

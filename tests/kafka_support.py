@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from consumers.topics import ensure_topics
 from predictflow.settings import KafkaSettings
-from predictflow.topics import ensure_topics
 
 
 @dataclass(frozen=True)

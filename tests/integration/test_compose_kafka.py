@@ -24,9 +24,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from predictflow.client import ChurnClient
+from consumers.client import ChurnClient
+from consumers.security import client_security
 from predictflow.contract import ChurnRequest, ChurnScore
-from predictflow.kafka_security import client_security
 from predictflow.settings import KafkaSettings
 from tests.deploy.test_compose import interpolate, raw_compose
 from tests.support import ROOT, ConsumerProcess, Workspace, free_port, wait_for

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from predictflow.client import ChurnClient
+from consumers.client import ChurnClient
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.data import load_telco
 from predictflow.settings import KafkaSettings

@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 
-from predictflow.client import ChurnClient
+from consumers.client import ChurnClient
+from consumers.security import client_security
 from predictflow.contract import ChurnRequest, ChurnScore
-from predictflow.kafka_security import client_security
 from predictflow.settings import KafkaSettings, Settings
 from tests.support import BIN, ROOT, ConsumerProcess, KafkaBroker, Workspace
 
@@ -162,7 +162,7 @@ async def _publish(
 CONNECT = """
 import asyncio
 from aiokafka import AIOKafkaProducer
-from predictflow.kafka_security import client_security
+from consumers.security import client_security
 from predictflow.settings import Settings
 
 async def main():

@@ -143,7 +143,7 @@ def test_the_kafka_password_never_shows_in_a_settings_dump(
     settings = Settings()
     assert "hunter2-secret" not in settings.model_dump_json()
     assert "hunter2-secret" not in repr(settings)
-    from predictflow.kafka_security import client_security
+    from consumers.security import client_security
 
     args = client_security(settings.kafka)
     assert args["sasl_plain_password"] == "hunter2-secret"  # noqa: S105

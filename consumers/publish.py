@@ -10,7 +10,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from predictflow.client import ChurnClient, Reply
+from consumers.client import ChurnClient, Reply
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.settings import Settings
 

@@ -6,7 +6,7 @@
 Replies are matched by the `correlation_id` header. The client reads the reply
 topic from its end (no consumer group), so it sees only replies to requests
 sent after it started. It connects as `settings` say (TLS, SASL: see
-`predictflow.kafka_security`) and creates missing topics only when
+`consumers.security`) and creates missing topics only when
 `settings.create_topics` is on, as the runner does.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from consumers.security import client_security
+from consumers.topics import ensure_topics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
-from predictflow.kafka_security import client_security
 from predictflow.settings import KafkaSettings
-from predictflow.topics import ensure_topics
 
 log = logging.getLogger("predictflow.client")
 

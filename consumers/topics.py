@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from predictflow.kafka_security import client_security
+from consumers.security import client_security
 from predictflow.settings import KafkaSettings
 
 log = logging.getLogger("predictflow.kafka")
