@@ -1,7 +1,7 @@
 """`python -m consumers`: the Kafka runner alone, for a Deployment scaled on lag.
 
 Loads the same model (Bento store) and feature store as the service, serves
-Prometheus metrics on `kafka.metrics_port`, and stops cleanly on SIGTERM or
+Prometheus metrics on `kafka.metrics_port` (0: none), and stops cleanly on SIGTERM or
 SIGINT: stop polling, finish the poll in hand, commit, leave the group.
 """
 
@@ -43,13 +43,25 @@ def build_scorer(settings: Settings) -> Scorer:
     return Scorer(OnlineFeatures.open(settings.feast), model)
 
 
+def serve_metrics(port: int) -> bool:
+    """Serve Prometheus metrics on `port`, all interfaces; 0: no endpoint.
+
+    Returns whether an endpoint was started.
+    """
+    if port == 0:
+        log.info("event=metrics_endpoint_off kafka.metrics_port=0")
+        return False
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
+    return True
+
+
 async def main() -> None:
     """Run one standalone runner until a signal stops it."""
     settings = get_settings()
     pf_log.configure(settings.log_level)
-    from prometheus_client import start_http_server
-
-    start_http_server(settings.kafka.metrics_port, addr="0.0.0.0")  # noqa: S104
+    serve_metrics(settings.kafka.metrics_port)
     instance = settings.kafka.instance_id or socket.gethostname()
     scorer = build_scorer(settings)
     runner = KafkaRunner(scorer, settings.kafka, instance=instance, score_inline=True)

@@ -334,3 +334,23 @@ async def test_a_rewind_that_cannot_read_the_committed_offsets_raises() -> None:
     with pytest.raises(RuntimeError, match="coordinator not available"):
         await clients.rewind(consumer)
     assert consumer.seeks == []
+
+
+# -- the standalone runner's metrics endpoint ----------------------------------
+
+
+def test_metrics_port_0_serves_no_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client
+
+    from consumers.__main__ import serve_metrics
+
+    started: list[int] = []
+    monkeypatch.setattr(
+        prometheus_client,
+        "start_http_server",
+        lambda port, addr: started.append(port),
+    )
+    assert serve_metrics(0) is False
+    assert started == []  # 0 once bound an ephemeral port nobody could scrape
+    assert serve_metrics(9108) is True
+    assert started == [9108]
