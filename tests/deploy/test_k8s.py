@@ -26,8 +26,8 @@ from bentoml._internal.container.generate import BENTO_HOME, BENTO_PATH, BENTO_U
 from kubernetes_validate import utils as kv_utils
 from pydantic import BaseModel
 
+from predictflow.canary.plan import CHALLENGER, Names
 from predictflow.settings import Settings
-from tests.canary_support import canary_promote
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -802,7 +802,7 @@ def test_tracks_follow_their_own_alias_in_one_registry(
     """Stable pods (and the consumer) follow `champion`, canary pods the
     `challenger` canary_promote.py promotes; all in the same MLflow server,
     with a writable place for the versions they download."""
-    assert ALIAS_OF["churn-predictor-canary"] == canary_promote().CHALLENGER
+    assert ALIAS_OF["churn-predictor-canary"] == CHALLENGER
     shared = set(manifests.get("ConfigMap", "churn-predictor-config")["data"])
     registries = set()
     for pod in manifests.pods():
@@ -831,7 +831,7 @@ def test_promoting_the_canary_template_keeps_stable_on_champion(
     """What canary_promote.py patches into stable at 100 %: the canary's pod
     template with the stable track and alias, and with the base manifests
     nothing else changes, so stable pods are not rolled."""
-    names = canary_promote().Names()
+    names = Names()
     canary = manifests.get("Deployment", names.canary)["spec"]["template"]
     stable = manifests.get("Deployment", names.stable)["spec"]["template"]
     promoted = names.stable_template(canary)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from predictflow.canary.aliases import Aliases, ChallengerMoved, registry_settings
+from predictflow.canary.checks import Thresholds, TrackStats
 from predictflow.registry import alias_version
 from predictflow.settings import Settings
 from tests.canary_support import canary_promote
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 cp = canary_promote()
-HEALTHY = cp.TrackStats(
+HEALTHY = TrackStats(
     requests=1000,
     error_rate=0.0,
     p99_seconds=0.02,
@@ -87,10 +89,8 @@ def _rollout(
     settings: Settings | None, prometheus: Prometheus, dry_run: bool = False
 ) -> tuple[int, Cluster]:
     cluster = Cluster(settings)
-    aliases = None if settings is None else cp.Aliases(settings, dry_run)
-    code = cp.rollout(
-        cluster, prometheus, [10, 50, 100], 0, cp.Thresholds(), 0, aliases
-    )
+    aliases = None if settings is None else Aliases(settings, dry_run)
+    code = cp.rollout(cluster, prometheus, [10, 50, 100], 0, Thresholds(), 0, aliases)
     return code, cluster
 
 
@@ -158,7 +158,7 @@ def test_a_challenger_moved_mid_canary_is_not_promoted(
     register(settings, small_booster(2), "challenger")
     newer = register(settings, small_booster(3), "next")
     moved = Prometheus(HEALTHY, during=lambda: set_alias(settings, "challenger", newer))
-    with pytest.raises(cp.ChallengerMoved):
+    with pytest.raises(ChallengerMoved):
         _rollout(settings, moved)
     assert alias_version(settings, "champion") == champion
     assert "champion not moved" in capsys.readouterr().err
@@ -189,12 +189,12 @@ def test_the_registry_is_the_one_named_on_purpose(
     """Never the settings' local SQLite fallback: that is not the cluster's."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("PREDICTFLOW_MLFLOW__TRACKING_URI", raising=False)
-    assert cp.registry_settings(None) is None
+    assert registry_settings(None) is None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-env:5000")
-    found = cp.registry_settings(None)
+    found = registry_settings(None)
     assert found is not None and found.tracking_uri == "http://mlflow-env:5000"
     monkeypatch.setenv("PREDICTFLOW_MLFLOW__TRACKING_URI", "http://mlflow-pf:5000")
-    found = cp.registry_settings(None)
+    found = registry_settings(None)
     assert found is not None and found.tracking_uri == "http://mlflow-pf:5000"
-    found = cp.registry_settings("http://flag:5000")
+    found = registry_settings("http://flag:5000")
     assert found is not None and found.tracking_uri == "http://flag:5000"
