@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,23 @@ def ensure_tools() -> Tools:
     return Tools(str(vegeta), wrk)
 
 
-def write_targets(path: Path, url: str, customer_ids: Sequence[str]) -> Path:
-    """vegeta JSON targets: one POST per customer id (vegeta cycles through them)."""
+def write_targets(
+    path: Path,
+    url: str,
+    customer_ids: Sequence[str],
+    *,
+    fields: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Path:
+    """vegeta JSON targets: one POST per customer id (vegeta cycles through them).
+
+    `fields` are added to every request body, `headers` to every request.
+    """
     header = {"Content-Type": ["application/json"]}
+    header.update({name: [value] for name, value in (headers or {}).items()})
     with path.open("w") as f:
         for cid in customer_ids:
-            body = json.dumps({"customer_id": cid}).encode()
+            body = json.dumps({"customer_id": cid, **(fields or {})}).encode()
             target = {
                 "method": "POST",
                 "url": url,

@@ -2,7 +2,7 @@
 
     python -m bench.run            # the full run (~16 min)
     python -m bench.run --quick    # a smoke run (~5 min)
-    python -m bench.run --only rest|kafka
+    python -m bench.run --only rest|costs|kafka
 
 Writes bench/results/<UTC timestamp>.json (every figure), <timestamp>.md and
 latest.md (the table), and prints the table. See bench/README.md.
@@ -80,6 +80,9 @@ class Plan:
     #: which a fresh broker took 30-40 s to compile (broker CPU at 1,000
     #: msg/s fell from 105 % to 45 %, P99 from 101 ms to 26-31 ms).
     kafka_latency_warmup_s: float
+    #: Rounds of the request-option costs (auth, explain), each variant once
+    #: per round in a rotating order; the spread across rounds is reported.
+    cost_rounds: int = 3
 
 
 FULL = Plan(
@@ -97,7 +100,7 @@ FULL = Plan(
     150_000,
     30,
 )
-QUICK = Plan((250, 1000), 5, 2, 5, 1, 32, 5, 100_000, 1000, 5, (1, 2), 60_000, 15)
+QUICK = Plan((250, 1000), 5, 2, 5, 1, 32, 5, 100_000, 1000, 5, (1, 2), 60_000, 15, 1)
 
 
 def log(message: str) -> None:
@@ -166,10 +169,14 @@ def wait_ready(url: str, proc: subprocess.Popen[Any], started: float) -> float:
     raise TimeoutError(f"{url}/readyz not 200 after {READY_TIMEOUT_S}s")
 
 
-def start_service(ws: Workspace, name: str) -> tuple[Server, float]:
+def start_service(
+    ws: Workspace, name: str, extra_env: Mapping[str, str] | None = None
+) -> tuple[Server, float]:
     started = time.monotonic()
     srv = BentoServer(
-        ws, name, extra_env={"PREDICTFLOW_SERVING__WORKERS": str(WORKERS)}
+        ws,
+        name,
+        extra_env={"PREDICTFLOW_SERVING__WORKERS": str(WORKERS), **(extra_env or {})},
     )
     try:
         seconds = wait_ready(srv.url, srv.proc, started)
@@ -341,6 +348,115 @@ def rest_store(
         for srv in servers.values():
             srv.stop()
     return out
+
+
+def rest_costs(
+    ws: Workspace, tools: loadgen.Tools, plan: Plan, tmp: Path, ids: list[str]
+) -> dict[str, Any]:
+    """What a request option costs at 1,000 req/s, against the same load without it.
+
+    Two services on one store: one open, one with a tokens file. Variants:
+    `plain` (open), `explain` (open, `"explain": 3`), `auth` (locked, with a
+    bearer token). Each round runs every variant once, in a rotating order;
+    each variant is compared with `plain` of the same round.
+    """
+    from predictflow.auth import new_token
+
+    made = new_token("bench")
+    tokens = tmp / "tokens"
+    tokens.write_text(made.line + "\n")
+    bearer = {"Authorization": f"Bearer {made.token}"}
+    servers: dict[str, Server] = {}
+    try:
+        servers["open"], _ = start_service(ws, "costs-open")
+        servers["locked"], _ = start_service(
+            ws, "costs-locked", {"PREDICTFLOW_AUTH__TOKENS_FILE": str(tokens)}
+        )
+        url = {name: srv.url + "/predict" for name, srv in servers.items()}
+        # The variants do what they say, or the figures mean nothing.
+        one = {"customer_id": ids[0]}
+        reasons = httpx.post(url["open"], json={**one, "explain": 3}, timeout=10)
+        refused = httpx.post(url["locked"], json=one, timeout=10)
+        admitted = httpx.post(url["locked"], json=one, headers=bearer, timeout=10)
+        if (
+            len(reasons.json().get("reasons") or ()) != 3
+            or refused.status_code != 401
+            or admitted.status_code != 200
+        ):
+            raise RuntimeError(
+                "the variants do not do what they say: "
+                f"{reasons.text} / {refused.status_code} / {admitted.text}"
+            )
+        variants = {
+            "plain": ("open", {}, {}),
+            "explain": ("open", {"explain": 3}, {}),
+            "auth": ("locked", {}, bearer),
+        }
+        targets = {
+            name: loadgen.write_targets(
+                tmp / f"costs-{name}.targets",
+                url[server],
+                ids,
+                fields=fields,
+                headers=headers,
+            )
+            for name, (server, fields, headers) in variants.items()
+        }
+        pids = [srv.pid for srv in servers.values()]
+        for name in variants:
+            loadgen.constant_rate(tools, targets[name], 250, plan.warmup_s, tmp, None)
+        names = list(variants)
+        rounds: list[dict[str, Any]] = []
+        for i in range(plan.cost_rounds):
+            rnd: dict[str, Any] = {}
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                idle = wait_idle(pids)
+                server = servers[variants[name][0]]
+                result = loadgen.constant_rate(
+                    tools, targets[name], REST_COST_RATE, plan.rate_s, tmp, server.pid
+                )
+                result["idle_wait_s"] = idle
+                rnd[name] = result
+                log(f"costs round {i + 1} {name} {REST_COST_RATE}/s: {_brief(result)}")
+            rounds.append(rnd)
+        return {"rate": REST_COST_RATE, "rounds": rounds, **cost_summary(rounds)}
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+#: The rate the option costs are measured at (the REST target's).
+REST_COST_RATE = 1000
+
+
+def cost_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: P50/P99 per round, and against `plain` of the same round."""
+    out: dict[str, Any] = {}
+    for name in rounds[0]:
+        p50 = [r[name]["latency_ms"]["p50"] for r in rounds]
+        p99 = [r[name]["latency_ms"]["p99"] for r in rounds]
+        row: dict[str, Any] = {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "errors": sum(r[name]["errors"] for r in rounds),
+            "complete": all(
+                r[name]["sent"] >= 0.999 * r[name]["scheduled"] for r in rounds
+            ),
+        }
+        if name != "plain":
+            base50 = [r["plain"]["latency_ms"]["p50"] for r in rounds]
+            base99 = [r["plain"]["latency_ms"]["p99"] for r in rounds]
+            row["added_p50_ms"] = [
+                round(a - b, 2) for a, b in zip(p50, base50, strict=True)
+            ]
+            row["added_p99_ms"] = [
+                round(a - b, 2) for a, b in zip(p99, base99, strict=True)
+            ]
+            row["p99_ratio"] = [
+                round(a / b, 3) for a, b in zip(p99, base99, strict=True)
+            ]
+        out[name] = row
+    return {"summary": out}
 
 
 # -- Kafka ---------------------------------------------------------------------
@@ -602,7 +718,7 @@ def write(results: dict[str, Any]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--only", choices=("rest", "kafka"))
+    parser.add_argument("--only", choices=("rest", "costs", "kafka"))
     parser.add_argument(
         "--workspace",
         type=Path,
@@ -663,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
                         store,
                         functools.partial(rest_store, w, store, tools, plan, tmp, ids),
                     )
+            if args.only in (None, "costs"):
+                _section(
+                    results,
+                    "costs",
+                    lambda: rest_costs(redis_ws, tools, plan, tmp, ids),
+                )
             if args.only in (None, "kafka"):
                 _section(results, "kafka", lambda: run_kafka(redis_ws, plan, tmp, ids))
         finally:
