@@ -8,10 +8,8 @@ echo what they read, so a test sees what the door passed on. The real
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import sys
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -30,15 +28,11 @@ from predictflow.contract import ChurnRequest
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
 from predictflow.settings import ServingSettings
+from rest.bentoml_fit import QuietClientErrors, RouteLabels
+from rest.door import RestDoor
 from tests.unit.test_batching import StalledFeatures
 from tests.unit.test_schema import ROW
 from tests.unit.test_scoring import FakeFeatures
-
-with warnings.catch_warnings():
-    # Importing BentoML trips deprecation warnings inside BentoML (pathspec,
-    # pydantic); not ours to fix, and `bentoml serve` shows none of them.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    service = importlib.import_module("service")
 
 SPEC: dict[str, Any] = {
     "paths": {
@@ -76,11 +70,9 @@ ROUTES = [
 ]
 
 
-def _door(
-    batcher: MicroBatcher, *, fast_path: bool = True, **limits: int
-) -> service.RestDoor:
+def _door(batcher: MicroBatcher, *, fast_path: bool = True, **limits: int) -> RestDoor:
     settings = ServingSettings(fast_path=fast_path, **limits)  # type: ignore[arg-type]
-    return service.RestDoor(
+    return RestDoor(
         # A router, as inside BentoML's app: Starlette's own error middleware
         # is outside the door there.
         Router(routes=ROUTES),
@@ -311,7 +303,7 @@ async def test_metrics_see_route_templates_and_routing_sees_real_paths(
         middleware=[
             Middleware(PathRecorder),
             Middleware(
-                service.RestDoor,
+                RestDoor,
                 settings=ServingSettings(fast_path=False),
                 batcher=lambda: batcher,
                 openapi=lambda: SPEC,
@@ -332,12 +324,12 @@ async def test_metrics_see_route_templates_and_routing_sees_real_paths(
 
 
 def test_route_labels_refuse_what_is_not_a_started_starlette_app() -> None:
-    assert service.RouteLabels.install(object()) is False
-    assert service.RouteLabels.install(Starlette()) is False  # not started
+    assert RouteLabels.install(object()) is False
+    assert RouteLabels.install(Starlette()) is False  # not started
 
 
 def test_bentoml_client_error_tracebacks_are_dropped_server_errors_kept() -> None:
-    quiet = service._QuietClientErrors()
+    quiet = QuietClientErrors()
 
     def record(exc: BaseException) -> logging.LogRecord:
         try:
@@ -356,10 +348,10 @@ def test_bentoml_client_error_tracebacks_are_dropped_server_errors_kept() -> Non
 
 def _locked_door(
     batcher: MicroBatcher, tokens_file: Any, *, fast_path: bool = True, **auth: Any
-) -> service.RestDoor:
+) -> RestDoor:
     from predictflow.settings import AuthSettings
 
-    return service.RestDoor(
+    return RestDoor(
         Router(routes=ROUTES),
         settings=ServingSettings(fast_path=fast_path),
         batcher=lambda: batcher,
@@ -440,7 +432,7 @@ async def test_metrics_are_open_unless_protected(
     for protect, status in ((False, 200), (True, 401)):
         from predictflow.settings import AuthSettings
 
-        door = service.RestDoor(
+        door = RestDoor(
             Router(routes=routes),
             settings=ServingSettings(),
             batcher=lambda: batcher,

@@ -1,0 +1,1 @@
+"""The REST door of the service: limits, tokens, answers, logs (rest.door)."""
