@@ -48,6 +48,7 @@ def test_the_bento_packs_the_service_code_and_the_model(
     src = bento_dir / "src"
     for path in (
         "service.py",
+        "rest/door.py",
         "predictflow/scoring.py",
         "consumers/runner.py",
         "feature_repo/feature_definitions.py",
