@@ -119,3 +119,19 @@ test-containers: install docker-images image
 
 clean:
 	rm -rf var feature_repo/data .pytest_cache .mypy_cache .ruff_cache
+
+# --- k8s/ and canary-analysis tools ------------------------------------------
+# What tests/deploy (the CRD kinds' schemas: npm, tools/k8s-validate) and the
+# canary analysis tests (Argo Rollouts' condition rules: Go, tools/argo-eval)
+# need installed; the tests fail without them and never download.
+.PHONY: k8s-tools
+K8S_VALIDATE_DIR := tools/k8s-validate
+ARGO_EVAL_DIR := tools/argo-eval
+
+$(K8S_VALIDATE_DIR)/node_modules/.installed: $(K8S_VALIDATE_DIR)/package.json $(K8S_VALIDATE_DIR)/package-lock.json
+	cd $(K8S_VALIDATE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## npm's CRD-schema models and the Go module of the condition evaluator.
+k8s-tools: $(K8S_VALIDATE_DIR)/node_modules/.installed
+	cd $(ARGO_EVAL_DIR) && go mod download && go build -o /dev/null .
