@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictflow import data, features, registry, training
+from predictflow import data, feature_repo, registry, training
 from predictflow.log import step
 from predictflow.settings import Settings
 
@@ -149,10 +149,10 @@ def run(settings: Settings, *, force: bool = False) -> BootstrapResult:
     champion = registry.get_champion(settings)
     assert champion is not None  # noqa: S101 - train_if_needed guarantees one
     with step("feast_apply_materialize", log):
-        source = settings.feast.repo_path / features.SOURCE_PARQUET
+        source = settings.feast.repo_path / feature_repo.SOURCE_PARQUET
         if force or not source.exists():
-            features.write_source(data.load_telco(), settings.feast.repo_path)
-        customers = features.apply_and_materialize(settings.feast)
+            feature_repo.write_source(data.load_telco(), settings.feast.repo_path)
+        customers = feature_repo.apply_and_materialize(settings.feast)
         log.info(
             "event=materialized customers=%d online_store=%s",
             customers,

@@ -1,41 +1,27 @@
 """Online features from the Feast online store (SQLite embedded, Redis in production).
 
-`import feast` takes seconds, so it happens only when a store is opened.
-
-Reads go through the online store's `online_read` (the interface every Feast
-online store implements) for the feature view behind the feature service,
-rather than `FeatureStore.get_online_features`: same rows, same values, half
-the CPU (that method builds a protobuf response, then a dict of lists, for
-every call). It is used only when the feature service's views never expire
-(ttl 0), so Feast's max-age check has nothing to do; otherwise reads fall
-back to `get_online_features`. On Redis, the same HMGETs are run through the
-store's own helpers and the values decoded in one pass (`_RedisDirectRead`).
+`import feast` takes seconds, so it happens only when a store is opened. How a
+read is made (Feast's own objects, fast) is `predictflow.feast_reads`; this
+module opens the store, keeps reads safe across threads, outages and a
+replaced SQLite file, and maps failures to `FeatureStoreUnavailable`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from predictflow.errors import FeatureStoreUnavailable
-from predictflow.schema import FEATURES
+from predictflow.feast_reads import DirectRead, Reader
 from predictflow.settings import FeastSettings
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 log = logging.getLogger(__name__)
-
-ENTITY_KEY = "customer_id"
-SOURCE_PARQUET = Path("data") / "customers.parquet"
 
 
 def yaml_for(settings: FeastSettings) -> Path:
@@ -59,19 +45,30 @@ def redis_connection(settings: FeastSettings) -> str:
     return ",".join([given, *extra])
 
 
+def repo_config(settings: FeastSettings) -> Any:
+    """Feast's `RepoConfig` from the store's YAML, with the Redis connection set.
+
+    The YAML names `${PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING}` for the
+    feast CLI; here the connection string (with its client options) goes into
+    the config object, not into the process environment.
+    """
+    import yaml
+    from feast.repo_config import RepoConfig
+
+    raw = yaml.safe_load(os.path.expandvars(yaml_for(settings).read_text()))
+    if settings.online_store == "redis":
+        raw["online_store"]["connection_string"] = redis_connection(settings)
+    config = RepoConfig(**raw)
+    config.repo_path = settings.repo_path.resolve()
+    return config
+
+
 def open_store(settings: FeastSettings) -> Any:
     """A Feast `FeatureStore` on the configured repository and online store."""
-    import os
-
     from feast import FeatureStore
 
-    if settings.online_store == "redis":
-        # feature_store.redis.yaml reads it through Feast's ${VAR} expansion.
-        os.environ["PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"] = redis_connection(
-            settings
-        )
     return FeatureStore(
-        repo_path=str(settings.repo_path.resolve()), fs_yaml_file=yaml_for(settings)
+        repo_path=str(settings.repo_path.resolve()), config=repo_config(settings)
     )
 
 
@@ -84,176 +81,6 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - redis is a dependency
         pass
     return tuple(errors)
-
-
-#: Protobuf `Value` fields read as they are; any other kind goes through Feast.
-_SCALAR_KINDS = frozenset(
-    {"string_val", "bool_val", "int32_val", "int64_val", "float_val", "double_val"}
-)
-
-
-#: Most distinct field values `_RedisDirectRead` keeps decoded (~100 bytes each).
-_KNOWN_VALUES = 65_536
-
-
-class _DirectRead:
-    """`online_read` of each feature view of a service, rows as plain dicts."""
-
-    def __init__(self, store: Any, service: Any) -> None:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
-        self._entity_key = EntityKey
-        self._value = Value
-        self._to_python = feast_value_type_to_python_type
-        self._config = store.config
-        self._online_store = store.provider.online_store
-        self._views = [
-            (
-                store.get_feature_view(projection.name),
-                [f.name for f in projection.features],
-            )
-            for projection in service.feature_view_projections
-        ]
-
-    @classmethod
-    def applies(cls, store: Any, service: Any) -> bool:
-        """True when no view of the service expires rows (ttl 0 or unset)."""
-        for projection in service.feature_view_projections:
-            ttl = store.get_feature_view(projection.name).ttl
-            if ttl and ttl.total_seconds() > 0:
-                return False
-        return True
-
-    def get(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
-        keys = [
-            self._entity_key(
-                join_keys=[ENTITY_KEY], entity_values=[self._value(string_val=cid)]
-            )
-            for cid in customer_ids
-        ]
-        rows: list[dict[str, object]] = [{} for _ in customer_ids]
-        for view, names in self._views:
-            # A copy: the Redis store appends its timestamp field to the list.
-            read = self._online_store.online_read(self._config, view, keys, list(names))
-            for row, (_, values) in zip(rows, read, strict=True):
-                for name in names:
-                    row[name] = self._python(values.get(name) if values else None)
-        # An unknown customer: SQLite returns no row, Redis empty values.
-        return [None if all(v is None for v in r.values()) else r for r in rows]
-
-    def _python(self, value: Any) -> object:
-        if value is None:
-            return None
-        kind = value.WhichOneof("val")
-        if kind is None:
-            return None
-        if kind in _SCALAR_KINDS:
-            return getattr(value, kind)
-        return self._to_python(value)
-
-
-class _RedisDirectRead(_DirectRead):
-    """Redis: Feast's HMGET per customer, each value decoded once, straight to Python.
-
-    Feast's `online_read` of the Redis store turns every reply into a dict of
-    `ValueProto`s plus a parsed timestamp per customer, which `_DirectRead`
-    then turns into Python values: two passes and a few dozen objects per
-    customer, the largest CPU cost of a Kafka poll. This keeps Feast's own key
-    layout (its helpers make the keys and field names; its `_read_hash_fields`
-    runs the pipeline on the client it is configured with) and decodes each
-    field's bytes in one pass. The timestamp field is not read: these views
-    never expire (`applies`). Pinned to Feast's layout by a test comparing it
-    with `get_online_features` on every customer.
-    """
-
-    def __init__(self, store: Any, service: Any) -> None:
-        from feast.infra.online_stores.redis import _versioned_fv_name
-
-        super().__init__(store, service)
-        #: Decoded scalar of each field value seen (bytes -> value), bounded.
-        self._known: dict[bytes, object] = {}
-        #: Feast's Redis key of a customer id (remembered: ids recur).
-        self._key = functools.lru_cache(maxsize=_KNOWN_VALUES)(self._redis_key)
-        self._fields = []
-        for view, names in self._views:
-            _, fields = self._online_store._generate_hset_keys_for_features(
-                view,
-                list(names),
-                fv_name_override=_versioned_fv_name(view, self._config),
-            )
-            # Feast appends the view's timestamp field last.
-            self._fields.append((names, fields[:-1]))
-
-    @classmethod
-    def applies(cls, store: Any, service: Any) -> bool:
-        """`_DirectRead.applies` on Feast's Redis online store."""
-        from feast.infra.online_stores.redis import RedisOnlineStore
-
-        return isinstance(
-            store.provider.online_store, RedisOnlineStore
-        ) and super().applies(store, service)
-
-    def get(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
-        store = self._online_store
-        keys = [self._key(cid) for cid in customer_ids]
-        rows: list[dict[str, object]] = [{} for _ in customer_ids]
-        known = self._known
-        for names, fields in self._fields:
-            replies = store._read_hash_fields(self._config, [(k, fields) for k in keys])
-            for row, values in zip(rows, replies, strict=True):
-                for name, raw in zip(names, values, strict=True):
-                    value = known.get(raw, known) if raw else None
-                    row[name] = self._decode(raw) if value is known else value
-        # An unknown customer: no hash, every field None.
-        return [None if all(v is None for v in r.values()) else r for r in rows]
-
-    def _redis_key(self, customer_id: str) -> bytes:
-        entity = self._entity_key(
-            join_keys=[ENTITY_KEY], entity_values=[self._value(string_val=customer_id)]
-        )
-        key: bytes = self._online_store._generate_redis_keys_for_entities(
-            self._config, [entity]
-        )[0]
-        return key
-
-    def _decode(self, raw: bytes) -> object:
-        decoded = self._python(self._value.FromString(raw))
-        # Scalars are immutable and most fields take few distinct values
-        # (contract type, payment method, tenure): the same bytes decode once.
-        if isinstance(decoded, str | int | float):
-            if len(self._known) >= _KNOWN_VALUES:
-                self._known.clear()
-            self._known[raw] = decoded
-        return decoded
-
-
-class _Reader:
-    """One opened store: the Feast objects a read goes through."""
-
-    def __init__(self, store: Any, feature_service: str) -> None:
-        self.store = store
-        self.service = store.get_feature_service(feature_service)
-        self.direct: _DirectRead | None = None
-        for kind in (_RedisDirectRead, _DirectRead):
-            if kind.applies(store, self.service):
-                self.direct = kind(store, self.service)
-                break
-
-    def get(self, customer_ids: Sequence[str]) -> list[Mapping[str, object] | None]:
-        if self.direct is not None:
-            # Rows hold the service's features: the model's (a test pins it).
-            return list(self.direct.get(customer_ids))
-        columns = self.store.get_online_features(
-            features=self.service,
-            entity_rows=[{ENTITY_KEY: cid} for cid in customer_ids],
-        ).to_dict()
-        rows: list[Mapping[str, object] | None] = []
-        for i in range(len(customer_ids)):
-            row = {name: columns[name][i] for name in FEATURES}
-            rows.append(None if all(v is None for v in row.values()) else row)
-        return rows
 
 
 #: Seconds between two looks at whether the SQLite store file was replaced.
@@ -277,7 +104,7 @@ class OnlineFeatures:
     ) -> None:
         self._feature_service = feature_service
         self._settings = settings
-        self._reader = _Reader(store, feature_service)
+        self._reader = Reader(store, feature_service)
         self._errors = _unavailable_errors()
         self._file = _sqlite_file(store)
         self._file_id = _file_id(self._file)
@@ -298,12 +125,12 @@ class OnlineFeatures:
         return self._reader.service
 
     @property
-    def _direct(self) -> _DirectRead | None:
+    def _direct(self) -> DirectRead | None:
         # The read in use; tests pin it against `get_online_features`.
         return self._reader.direct
 
     @_direct.setter
-    def _direct(self, value: _DirectRead | None) -> None:
+    def _direct(self, value: DirectRead | None) -> None:
         self._reader.direct = value
 
     @classmethod
@@ -366,7 +193,7 @@ class OnlineFeatures:
                 "event=online_store_file_replaced path=%s action=reopen", self._file
             )
             try:
-                reader = _Reader(open_store(self._settings), self._feature_service)
+                reader = Reader(open_store(self._settings), self._feature_service)
             finally:
                 # Not retried on every read if the new file is no store either:
                 # the next look (a second later, or a probe) tries again.
@@ -405,51 +232,3 @@ def _close(store: Any) -> None:
             conn.close()
         except sqlite3.Error:  # pragma: no cover - closing a broken handle
             pass
-
-
-def load_definitions(repo_path: Path) -> list[Any]:
-    """The Feast objects defined in the repository's `feature_definitions.py`."""
-    from feast import Entity, FeatureService, FeatureView, FileSource
-
-    path = repo_path / "feature_definitions.py"
-    spec = importlib.util.spec_from_file_location(
-        "predictflow_feature_definitions", path
-    )
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    kinds = (Entity, FileSource, FeatureView, FeatureService)
-    return [v for v in vars(module).values() if isinstance(v, kinds)]
-
-
-def write_source(customers: pd.DataFrame, repo_path: Path) -> Path:
-    """Write the offline source parquet: the features of each customer, stamped now."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    frame = customers[[ENTITY_KEY, *FEATURES]].copy()
-    frame["event_timestamp"] = now
-    frame["created"] = now
-    path = repo_path / SOURCE_PARQUET
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
-
-
-def apply_and_materialize(settings: FeastSettings) -> int:
-    """`feast apply` the definitions, then load every source row into the online store.
-
-    Returns the number of customers in the source. Safe to repeat: apply is a
-    no-op when nothing changed, and materializing writes the same rows again.
-    """
-    import pandas as pd
-
-    store = open_store(settings)
-    store.apply(load_definitions(settings.repo_path))
-    source = pd.read_parquet(
-        settings.repo_path / SOURCE_PARQUET, columns=["event_timestamp"]
-    )
-    start = source["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
-    store.materialize(start_date=start, end_date=datetime.now(UTC))
-    return len(source)

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from predictflow import features as features_module
+from predictflow import feast_reads
 from predictflow.data import load_telco
-from predictflow.features import OnlineFeatures, _DirectRead, _RedisDirectRead
+from predictflow.feast_reads import DirectRead, RedisDirectRead
+from predictflow.features import OnlineFeatures
 from predictflow.settings import FeastSettings
 from tests.support import Workspace
 
@@ -36,7 +37,7 @@ def test_direct_read_equals_get_online_features(
     # ttl 0: the direct read is in use; on Redis, the one that decodes the
     # hash fields itself.
     redis = features.store.config.online_store.type == "redis"
-    assert type(features._direct) is (_RedisDirectRead if redis else _DirectRead)
+    assert type(features._direct) is (RedisDirectRead if redis else DirectRead)
     ids = load_telco()["customer_id"].tolist()
     # Every customer, a blank TotalCharges one, unknowns, and a repeat.
     ids = [*ids, "0000-NOBODY", "4472-LVYGI", ids[0], "9999-NEVER"]
@@ -58,8 +59,8 @@ def test_direct_read_equals_get_online_features(
     # Read again: values now come from the decoded-value memo (Redis) ...
     assert features.get(ids) == expected
     # ... and from one that keeps clearing itself when it is full.
-    monkeypatch.setattr(features_module, "_KNOWN_VALUES", 8)
-    if isinstance(features._direct, _RedisDirectRead):
+    monkeypatch.setattr(feast_reads, "_KNOWN_VALUES", 8)
+    if isinstance(features._direct, RedisDirectRead):
         features._direct._known.clear()
         assert features.get(ids) == expected
         assert 0 < len(features._direct._known) <= 8
@@ -71,6 +72,6 @@ def test_views_that_expire_rows_fall_back_to_get_online_features() -> None:
         return SimpleNamespace(get_feature_view=lambda name: view)
 
     service = SimpleNamespace(feature_view_projections=[SimpleNamespace(name="v")])
-    assert _DirectRead.applies(store(timedelta(0)), service)
-    assert _DirectRead.applies(store(None), service)
-    assert not _DirectRead.applies(store(timedelta(days=1)), service)
+    assert DirectRead.applies(store(timedelta(0)), service)
+    assert DirectRead.applies(store(None), service)
+    assert not DirectRead.applies(store(timedelta(days=1)), service)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from predictflow.features import load_definitions
+from predictflow.feature_repo import load_definitions
 from predictflow.schema import FEATURES
 from predictflow.settings import FeastSettings
 
