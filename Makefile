@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 
 .PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
         typecheck test-services bench bench-quick clean \
-        docker-up docker-down docker-images image test-containers compose-secrets
+        docker-up docker-down docker-images image test-containers compose-secrets \
+        settings-doc
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +104,10 @@ CONTAINER_TESTS = tests/integration/test_image.py tests/integration/test_rest.py
 CONTAINER_DESELECT = not broker_restart and not broker_is_down and not sigkill \
         and not joining_and_leaving and not sigterm_exits and not rebalance \
         and not zombie
+
+## docs/settings.md from the Settings class (a unit test fails when it is stale).
+settings-doc: install
+	$(BIN)/python -m predictflow.settings_doc > docs/settings.md
 
 ## Dev secrets for docker compose: .env (random passwords) and deploy/secrets/
 ## (the REST token and tokens file, the requester's Kafka login). Idempotent.
