@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 def lean_imports() -> None:
     """Skip import-time work a serving process never uses (call before Feast loads).
 
-    Measured on a worker start (2 cores): 9-10 s to ready before, 4-5 s after.
+    Most of a worker's cold start went here (figures: bench/README.md).
 
     - Feast decorates its definition classes (FeatureView, Entity, Field...)
       with typeguard's `@typechecked`, which re-parses and recompiles their
-      source at import: about 4 s. Those run-time argument checks guard
+      source at import, for seconds. Those run-time argument checks guard
       someone writing feature definitions; the serving process only reads a
       registry written by `predictflow bootstrap` (which keeps them).
       typeguard's own switch is `python -O` (it returns the function
@@ -29,7 +29,7 @@ def lean_imports() -> None:
     - xgboost imports scikit-learn (and with it much of SciPy) only to offer
       its scikit-learn wrappers; the service scores with the `Booster`.
       Marking `sklearn` absent (`sys.modules[name] = None`, Python's way to
-      make an import fail) saves 1-1.5 s. Training (`predictflow bootstrap`)
+      make an import fail) saves about a second. Training (`predictflow bootstrap`)
       runs in its own process and keeps scikit-learn.
 
     Does nothing for a module already imported in this process.
@@ -58,10 +58,10 @@ def settle_heap() -> None:
     them to the permanent generation, which collections skip, so a full
     collection walks only what was allocated since start-up.
 
-    The collection thresholds stay CPython's: measured at 1,000 req/s, a
-    larger young generation (5,000 or 20,000 instead of 700) made each young
-    collection 4-28x longer (3.6-24 ms instead of 0.9 ms) for the same total,
-    which is worse for the tail. `predictflow_gc_pause_seconds` shows them.
+    The collection thresholds stay CPython's: a larger young generation made
+    each young collection several times longer for the same total, which is
+    worse for the tail (bench/README.md). `predictflow_gc_pause_seconds`
+    shows the pauses.
     """
     gc.collect()
     gc.freeze()
