@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from predictflow import metrics
-from predictflow.contract import ChurnRequest
+from predictflow.contract import ChurnRequest, ChurnResult
 from predictflow.errors import FeatureStoreUnavailable, Overloaded
-from predictflow.scoring import Result, Scorer
+from predictflow.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
-_Outcome = list[Result] | BaseException
+_Outcome = list[ChurnResult] | BaseException
 
 
 @dataclass(slots=True)
@@ -48,7 +48,7 @@ class _Job:
     """One caller's requests and the future its results go to."""
 
     requests: Sequence[ChurnRequest]
-    future: asyncio.Future[list[Result]]
+    future: asyncio.Future[list[ChurnResult]]
 
 
 class MicroBatcher:
@@ -78,7 +78,7 @@ class MicroBatcher:
         self._start_scheduled = False
         self._thread: _ScoringThread | None = None
 
-    async def score(self, request: ChurnRequest) -> Result:
+    async def score(self, request: ChurnRequest) -> ChurnResult:
         """The result of one request, scored together with its concurrent peers.
 
         Raises `FeatureStoreUnavailable` (store down, or no answer within
@@ -87,7 +87,7 @@ class MicroBatcher:
         (result,) = await self.score_many((request,))
         return result
 
-    async def score_many(self, requests: Sequence[ChurnRequest]) -> list[Result]:
+    async def score_many(self, requests: Sequence[ChurnRequest]) -> list[ChurnResult]:
         """The results of a caller's own batch, in order (one queue with `score`)."""
         loop = asyncio.get_running_loop()
         if self._busy_since is not None and (

@@ -199,6 +199,10 @@ class ErrorReply(_Strict):
     )
 
 
+#: What one request gets back: its score, or the reason there is none.
+ChurnResult = ChurnScore | ErrorReply
+
+
 class ChurnBatchRequest(_Strict):
     """Score many customers at once."""
 
@@ -212,7 +216,7 @@ class ChurnBatchRequest(_Strict):
 class ChurnBatchResponse(_Strict):
     """One result per request, in request order: a score or the reason for none."""
 
-    results: list[ChurnScore | ErrorReply] = Field(
+    results: list[ChurnResult] = Field(
         description="A `ChurnScore` or an `ErrorReply` for each request."
     )
 

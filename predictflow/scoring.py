@@ -16,14 +16,17 @@ import numpy as np
 import numpy.typing as npt
 
 from predictflow import metrics
-from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply, Reason
+from predictflow.contract import (
+    ChurnRequest,
+    ChurnResult,
+    ChurnScore,
+    Reason,
+)
 from predictflow.errors import FeatureStoreUnavailable, ScoringFailed, UnknownCustomer
 from predictflow.model import ChurnModel
 from predictflow.schema import FEATURES, FIELD_OF_COLUMN, encode_rows
 
 log = logging.getLogger("predictflow.scoring")
-
-Result = ChurnScore | ErrorReply
 
 
 class FeatureSource(Protocol):
@@ -49,7 +52,7 @@ class Scorer:
         """The version of the model that scores."""
         return self.model.version
 
-    def score(self, requests: Sequence[ChurnRequest], source: str) -> list[Result]:
+    def score(self, requests: Sequence[ChurnRequest], source: str) -> list[ChurnResult]:
         """Score a batch; one result per request, in order.
 
         A request whose customer is unknown (and whose overrides do not give
@@ -83,7 +86,9 @@ class Scorer:
                 ).to_reply()
             ]
 
-    def _score(self, requests: Sequence[ChurnRequest], source: str) -> list[Result]:
+    def _score(
+        self, requests: Sequence[ChurnRequest], source: str
+    ) -> list[ChurnResult]:
         overrides = [r.overrides() for r in requests]
         wanted = sorted(
             {
@@ -107,7 +112,7 @@ class Scorer:
                 m.feature_fetch_seconds.observe(time.perf_counter() - start)
             stored = dict(zip(wanted, rows, strict=True))
 
-        results: list[Result | None] = [None] * len(requests)
+        results: list[ChurnResult | None] = [None] * len(requests)
         to_score: list[int] = []
         merged: list[Mapping[str, object]] = []
         for i, (request, override) in enumerate(zip(requests, overrides, strict=True)):
@@ -150,7 +155,7 @@ class Scorer:
         self,
         model: ChurnModel,
         requests: Sequence[ChurnRequest],
-        results: list[Result | None],
+        results: list[ChurnResult | None],
         to_score: list[int],
         merged: list[Mapping[str, object]],
         x: npt.NDArray[np.float32],

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from predictflow.batching import MicroBatcher
-from predictflow.contract import ChurnRequest, ChurnScore, ErrorCode, ErrorReply
+from predictflow.contract import ChurnRequest, ChurnResult, ErrorCode, ErrorReply
 from predictflow.errors import PredictFlowError, http_status
 
 #: The routes that score (their errors are documented in the OpenAPI document).
@@ -51,7 +51,7 @@ def invalid_response(exc: ValidationError) -> JSONResponse:
     )
 
 
-def result_response(result: ChurnScore | ErrorReply) -> Response:
+def result_response(result: ChurnResult) -> Response:
     """A score as JSON, or its error."""
     if isinstance(result, ErrorReply):
         return error_response(result)
