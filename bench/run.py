@@ -56,7 +56,7 @@ WORKERS = 2
 COLD_STARTS = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     rates: tuple[int, ...]
     rate_s: float
@@ -86,21 +86,35 @@ class Plan:
 
 
 FULL = Plan(
-    (250, 500, 1000, 1500),
-    30,
-    5,
-    20,
-    3,
-    32,
-    10,
-    300_000,
-    1000,
-    30,
-    (1, 2),
-    150_000,
-    30,
+    rates=(250, 500, 1000, 1500),
+    rate_s=30,
+    warmup_s=5,
+    saturation_s=20,
+    saturation_rounds=3,
+    connections=32,
+    check_s=10,
+    kafka_messages=300_000,
+    kafka_rate=1000,
+    kafka_latency_s=30,
+    kafka_runners=(1, 2),
+    kafka_warmup=150_000,
+    kafka_latency_warmup_s=30,
+    cost_rounds=3,
 )
-QUICK = Plan((250, 1000), 5, 2, 5, 1, 32, 5, 100_000, 1000, 5, (1, 2), 60_000, 15, 1)
+QUICK = replace(
+    FULL,
+    rates=(250, 1000),
+    rate_s=5,
+    warmup_s=2,
+    saturation_s=5,
+    saturation_rounds=1,
+    check_s=5,
+    kafka_messages=100_000,
+    kafka_latency_s=5,
+    kafka_warmup=60_000,
+    kafka_latency_warmup_s=15,
+    cost_rounds=1,
+)
 
 
 def log(message: str) -> None:
