@@ -248,6 +248,25 @@ def cost_rows(costs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             and auth["complete"],
         }
     )
+    api = summary.get("api_path")
+    if api is not None:
+        cpu = [c for c in api["cpu_ms_per_request"] if c is not None]
+        plain_cpu = [c for c in plain["cpu_ms_per_request"] if c is not None]
+        rows.append(
+            {
+                "target": f"REST redis: fast path off (API handler) at {rate:,} req/s",
+                "measured": f"P99 {_spread(api['p99_ms'], ' ms')}; server CPU "
+                f"{_spread(cpu, ' ms', 2)}/request"
+                if cpu
+                else f"P99 {_spread(api['p99_ms'], ' ms')}",
+                "baseline": f"fast path: CPU {_spread(plain_cpu, ' ms', 2)}/request"
+                if plain_cpu
+                else base,
+                "ratio": _spread(api["p99_ratio"], "×", 2) + " (P99)",
+                "goal": "report: keep the fast path only if it pays",
+                "met": None,
+            }
+        )
     return rows
 
 

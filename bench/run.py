@@ -369,10 +369,11 @@ def rest_costs(
 ) -> dict[str, Any]:
     """What a request option costs at 1,000 req/s, against the same load without it.
 
-    Two services on one store: one open, one with a tokens file. Variants:
-    `plain` (open), `explain` (open, `"explain": 3`), `auth` (locked, with a
-    bearer token). Each round runs every variant once, in a rotating order;
-    each variant is compared with `plain` of the same round.
+    Three services on one store: one open, one with a tokens file, one with
+    the `/predict` fast path off. Variants: `plain` (open), `explain` (open,
+    `"explain": 3`), `auth` (locked, with a bearer token), `api_path` (fast
+    path off: BentoML's API handler). Each round runs every variant once, in
+    a rotating order; each is compared with `plain` of the same round.
     """
     from predictflow.auth import new_token
 
@@ -385,6 +386,9 @@ def rest_costs(
         servers["open"], _ = start_service(ws, "costs-open")
         servers["locked"], _ = start_service(
             ws, "costs-locked", {"PREDICTFLOW_AUTH__TOKENS_FILE": str(tokens)}
+        )
+        servers["api"], _ = start_service(
+            ws, "costs-api", {"PREDICTFLOW_SERVING__FAST_PATH": "false"}
         )
         url = {name: srv.url + "/predict" for name, srv in servers.items()}
         # The variants do what they say, or the figures mean nothing.
@@ -405,6 +409,7 @@ def rest_costs(
             "plain": ("open", {}, {}),
             "explain": ("open", {"explain": 3}, {}),
             "auth": ("locked", {}, bearer),
+            "api_path": ("api", {}, {}),
         }
         targets = {
             name: loadgen.write_targets(
@@ -453,6 +458,9 @@ def cost_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_ms": p50,
             "p99_ms": p99,
             "errors": sum(r[name]["errors"] for r in rounds),
+            "cpu_ms_per_request": [
+                r[name].get("server_cpu_ms_per_request") for r in rounds
+            ],
             "complete": all(
                 r[name]["sent"] >= 0.999 * r[name]["scheduled"] for r in rounds
             ),
