@@ -22,7 +22,8 @@ RATE = 150  # requests per second, a fifth of them batches of 5
 
 
 async def _load(url: str, seconds: float, moved: asyncio.Event) -> list[tuple]:
-    """Open-loop requests at RATE; (sent at, after the move?, status, versions)."""
+    """Open-loop requests at RATE; (sent at, after the move?, status, versions,
+    answered at)."""
     results: list[tuple] = []
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=15, limits=limits) as client:
@@ -41,7 +42,7 @@ async def _load(url: str, seconds: float, moved: asyncio.Event) -> list[tuple]:
             else:
                 r = await client.post("/predict", json={"customer_id": "5575-GNVDE"})
                 versions = [r.json()["model_version"]] if r.status_code == 200 else []
-            results.append((sent, after, r.status_code, versions))
+            results.append((sent, after, r.status_code, versions, time.monotonic()))
 
         tasks = []
         start = time.monotonic()
@@ -54,7 +55,7 @@ async def _load(url: str, seconds: float, moved: asyncio.Event) -> list[tuple]:
 
 
 def test_a_promotion_reaches_a_loaded_server_without_a_failed_request(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace, tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
     settings, old_version, new = stage_a_swap(
         workspace.env["PREDICTFLOW_DATA_DIR"], ALIAS, seed=9
@@ -72,22 +73,23 @@ def test_a_promotion_reaches_a_loaded_server_without_a_failed_request(
         # The worker's first look at the registry (it imports MLflow then).
         wait_for(lambda: "event=following" in server.logs(), 120, "the follower")
 
-        async def scenario() -> tuple[list[tuple], float]:
+        async def scenario() -> tuple[list[tuple], float, float]:
             moved = asyncio.Event()
             load = asyncio.create_task(_load(server.url, 25, moved))
             await asyncio.sleep(8)
+            asked = time.monotonic()
             await asyncio.to_thread(set_alias, settings, ALIAS, new)
             moved.set()
             at = time.monotonic()
-            return await load, at
+            return await load, asked, at
 
-        results, moved_at = asyncio.run(scenario())
+        results, asked_at, moved_at = asyncio.run(scenario())
         logs = server.logs()
     finally:
         server.stop()
     failed = [r for r in results if r[2] != 200]
     assert not failed, f"{len(failed)} of {len(results)} failed: {failed[:3]}"
-    for _, _, _, versions in results:
+    for _, _, _, versions, _ in results:
         # One batch, one model: a swap never splits a batch.
         assert len(set(versions)) == 1 and versions[0] in (old_tag, new_tag)
     before = [r for r in results if not r[1]]
@@ -98,3 +100,13 @@ def test_a_promotion_reaches_a_loaded_server_without_a_failed_request(
     stale = [r for r in late if r[3][0] != new_tag]
     assert not stale, f"{len(stale)} answers from {old_tag} after the deadline"
     assert "event=model_swapped" in logs
+    first_new = min(r[4] for r in results if r[3] and r[3][0] == new_tag)
+    last_old = max(r[4] for r in results if r[3] and r[3][0] == old_tag)
+    record_property(
+        "figure",
+        f"[rest follow] alias moved at {RATE} req/s (refresh {REFRESH_SECONDS:.0f} s,"
+        f" the registry call took {moved_at - asked_at:.2f} s): first answer from"
+        f" the new version {first_new - asked_at:.2f} s after the call began,"
+        f" last from the old {last_old - asked_at:.2f} s after;"
+        f" {len(results)} requests, 0 failed",
+    )
