@@ -55,10 +55,13 @@ def rest_rate_ok(run: Mapping[str, Any] | None) -> bool | None:
 def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per target: measured, baseline, ratio, goal, met."""
     rows: list[dict[str, Any]] = []
+    sections = results.get("sections") or ()
     rest = results.get("rest") or {}
     for store in STORES:
         s = rest.get(store)
         if not s or "error" in s:
+            if "rest" in sections:
+                rows.append(_failed(f"REST {store}", s))
             continue
         at = _at_rate(s, REST_RATE) or {}
         svc, base = at.get("service"), at.get("baseline")
@@ -125,8 +128,13 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "met": None if a is None else a < RSS_MB,
             }
         )
-    rows += cost_rows(results.get("costs"))
+    costs = results.get("costs")
+    if "costs" in sections and not costs:
+        rows.append(_failed("REST redis: option costs", costs))
+    rows += cost_rows(costs)
     k = results.get("kafka") or {}
+    if "kafka" in sections and (not k or "error" in k):
+        rows.append(_failed("Kafka", k))
     if k and "error" not in k:
         t = k.get("throughput", {})
         tp = t.get("msgs_per_s")
@@ -189,6 +197,36 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def provenance(results: Mapping[str, Any]) -> str:
+    """Which code, on what machine, with which versions the figures are of."""
+    git = results.get("git") or {}
+    commit = git.get("commit")
+    state = "unknown commit" if not commit else f"commit `{commit[:12]}`"
+    if git.get("dirty"):
+        state += " **with uncommitted changes**"
+    versions = results.get("versions") or {}
+    names = ("python", "bentoml", "feast", "xgboost", "aiokafka", "kafka")
+    listed = ", ".join(f"{n} {versions[n]}" for n in names if n in versions)
+    machine = results.get("machine") or {}
+    return (
+        f"Measured at {state}; {machine.get('cpu_model') or 'CPU model unknown'}, "
+        f"{machine.get('cpus')} CPUs; {listed}."
+    )
+
+
+def _failed(what: str, section: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A section that crashed or never ran: not met, with the reason."""
+    reason = (section or {}).get("error") or "not run"
+    return {
+        "target": f"{what}: every target of the section",
+        "measured": f"failed: {reason}" if section else "not run",
+        "baseline": "n/a",
+        "ratio": "n/a",
+        "goal": "the section runs",
+        "met": False,
+    }
 
 
 def _spread(values: list[float], unit: str = "", digits: int = 1) -> str:
@@ -289,6 +327,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"`bench/baseline_app.py` (FastAPI on uvicorn, {workers} workers, same "
         "Scorer, micro-batcher, features and model). Generator and servers "
         "share the machine.",
+        "",
+        provenance(results),
     ]
     if results["mode"] == "quick":
         lines += [

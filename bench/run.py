@@ -49,6 +49,8 @@ from tests.support import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: What a run measures, in order (`--only` picks one).
+SECTIONS = ("rest", "costs", "kafka")
 READY_TIMEOUT_S = 180
 #: Worker processes of both servers: one per core of this 2-core machine.
 WORKERS = 2
@@ -709,6 +711,11 @@ def _versions(tools: loadgen.Tools) -> dict[str, str]:
         "psutil",
     )
     out = {name: importlib.metadata.version(name) for name in names}
+    out["python"] = sys.version.split()[0]
+    out["xgboost"] = importlib.metadata.version("xgboost-cpu")
+    pom = (ROOT / "scripts" / "kafka" / "pom.xml").read_text()
+    kafka = pom.split("<kafka.version>", 1)[1].split("<", 1)[0]
+    out["kafka"] = os.environ.get("KAFKA_VERSION", kafka)
     out.update(tools.versions())
     redis_server = shutil.which("redis-server")
     if redis_server:
@@ -730,7 +737,9 @@ def write(results: dict[str, Any]) -> Path:
     results["targets"] = report.targets(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / str(results["run_id"])
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    text = json.dumps(results, indent=2) + "\n"
+    stem.with_suffix(".json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
     md = report.markdown(results)
     stem.with_suffix(".md").write_text(md)
     (RESULTS / "latest.md").write_text(md)
@@ -740,7 +749,12 @@ def write(results: dict[str, Any]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--only", choices=("rest", "costs", "kafka"))
+    parser.add_argument("--only", choices=SECTIONS)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help="exit 0 even when a target is not met (only report)",
+    )
     parser.add_argument(
         "--workspace",
         type=Path,
@@ -755,7 +769,10 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "started_at": started_at.isoformat(),
         "plan": asdict(plan),
+        "sections": [args.only] if args.only else list(SECTIONS),
+        "git": git_state(),
         "machine": {
+            "cpu_model": cpu_model(),
             "cpus": os.cpu_count(),
             "workers": WORKERS,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
@@ -815,7 +832,41 @@ def main(argv: list[str] | None = None) -> int:
             stem = write(results)
     sys.stdout.write(report.markdown(results))
     sys.stdout.write(f"\nwrote {stem}.json and {stem}.md\n")
+    missed = [t["target"] for t in results["targets"] if t["met"] is False]
+    if missed:
+        sys.stderr.write(f"not met: {'; '.join(missed)}\n")
+        return 0 if args.no_fail else 1
     return 0
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether the tree differed from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(  # noqa: S603 - git, fixed arguments
+            ["git", *args],  # noqa: S607
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        # Results written by earlier runs are not the code measured.
+        changes = git("status", "--porcelain", "--", ".", ":!bench/results")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return {"commit": None, "dirty": None, "error": str(exc)}
+    return {"commit": commit, "dirty": bool(changes)}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
 
 
 def _workspace_env(root: Path) -> dict[str, str]:

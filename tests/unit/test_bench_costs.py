@@ -44,3 +44,40 @@ def test_an_error_or_a_slow_round_is_not_met() -> None:
     explain, auth = cost_rows({"rate": 1000, **cost_summary(rounds)})
     assert explain["met"] is False  # P99 over 50 ms in one round
     assert auth["met"] is False  # errors
+
+
+def test_a_section_that_crashed_or_never_ran_is_not_met() -> None:
+    from bench.report import markdown, targets
+
+    results: dict[str, Any] = {
+        "sections": ["rest", "costs", "kafka"],
+        "rest": {"redis": {"error": "TimeoutError: /readyz not 200 after 180s"}},
+        "kafka": {"error": "CalledProcessError: scripts/kafka.sh up"},
+    }
+    rows = targets(results)
+    failed = {r["target"]: r for r in rows if r["met"] is False}
+    assert (
+        "TimeoutError" in failed["REST redis: every target of the section"]["measured"]
+    )
+    assert failed["REST sqlite: every target of the section"]["measured"] == "not run"
+    assert failed["REST redis: option costs: every target of the section"]
+    assert "kafka.sh" in failed["Kafka: every target of the section"]["measured"]
+    # A run of one section is not judged on the others.
+    assert targets({"sections": ["costs"], "costs": {"error": "x"}})[0]["met"] is False
+    assert targets({"sections": ["kafka"], "kafka": {"error": "x"}})[0]["target"] == (
+        "Kafka: every target of the section"
+    )
+    page = markdown(
+        {
+            **results,
+            "run_id": "t",
+            "mode": "full",
+            "plan": {"rate_s": 30},
+            "machine": {"cpus": 2, "loadavg_start": [0, 0, 0]},
+            "git": {"commit": "a" * 40, "dirty": True},
+            "versions": {"python": "3.11.2", "kafka": "4.4.0"},
+            "targets": rows,
+        }
+    )
+    assert "commit `aaaaaaaaaaaa` **with uncommitted changes**" in page
+    assert "**not met**" in page
