@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from predictflow import data, feature_repo, registry, training
+from predictflow import bento_import, data, feature_repo, registry, training
 from predictflow.log import step
 from predictflow.settings import Settings
 
@@ -159,7 +159,7 @@ def run(settings: Settings, *, force: bool = False) -> BootstrapResult:
             settings.feast.online_store,
         )
     with step("bento_import", log):
-        tag = registry.import_champion(settings)
+        tag = bento_import.import_champion(settings)
     return BootstrapResult(
         champion_version=champion.version,
         champion_roc_auc=champion.roc_auc,
