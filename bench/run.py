@@ -634,7 +634,7 @@ def _kafka_throughput(
             ConsumerProcess(
                 {
                     **env,
-                    "PREDICTFLOW_KAFKA_INSTANCE": f"bench-{i}",
+                    "PREDICTFLOW_KAFKA__INSTANCE_ID": f"bench-{i}",
                     "PREDICTFLOW_KAFKA__METRICS_PORT": str(free_port()),
                 },
                 tmp / f"runner-{topics.request}-{i}.log",

@@ -11,36 +11,18 @@ import asyncio
 import logging
 import signal
 import socket
-from pathlib import Path
 
 # Loaded before the heap is settled (the runner would import it on start).
 import aiokafka  # noqa: F401
 import uvloop
 
 from consumers.runner import KafkaRunner
-from predictflow import log as pf_log
-from predictflow import metrics, runtime
-from predictflow.features import OnlineFeatures
+from predictflow import logconfig
 from predictflow.lifecycle import ModelFollower
-from predictflow.model import ChurnModel
-from predictflow.scoring import Scorer
-from predictflow.settings import Settings, get_settings
+from predictflow.serving import build_core
+from predictflow.settings import get_settings
 
 log = logging.getLogger("predictflow.kafka")
-
-
-def build_scorer(settings: Settings) -> Scorer:
-    """The scorer the service would build: model from the Bento store, Feast."""
-    import bentoml
-
-    runtime.lean_imports()
-
-    model_ref = bentoml.models.get(settings.serving.model_tag)
-    model = ChurnModel.from_mlflow_dir(
-        Path(model_ref.path_of("mlflow_model")), str(model_ref.tag)
-    )
-    metrics.get().model_info.labels(model.version).set(1)
-    return Scorer(OnlineFeatures.open(settings.feast), model)
 
 
 def serve_metrics(port: int) -> bool:
@@ -60,15 +42,16 @@ def serve_metrics(port: int) -> bool:
 async def main() -> None:
     """Run one standalone runner until a signal stops it."""
     settings = get_settings()
-    pf_log.configure(settings.log_level)
+    logconfig.configure(settings.log_level)
     serve_metrics(settings.kafka.metrics_port)
     instance = settings.kafka.instance_id or socket.gethostname()
-    scorer = build_scorer(settings)
+    core = build_core(settings)
+    scorer = core.scorer
     runner = KafkaRunner(scorer, settings.kafka, instance=instance, score_inline=True)
     # Everything loaded so far lives as long as the process: out of the
     # collector's way (a full collection walked Feast's and pandas' objects
-    # every few polls: a third of the runner's CPU under load).
-    runtime.settle_heap()
+    # every few polls, a large share of the runner's CPU under load).
+    core.settle()
     loop = asyncio.get_running_loop()
     serving = asyncio.create_task(runner.serve())
     stopping = asyncio.Event()

@@ -20,7 +20,7 @@ from consumers import handler
 from consumers.producer import log_dead_letter
 from consumers.reply_topics import ReplyTopics
 from predictflow import metrics
-from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.contract import ChurnRequest, ChurnResult
 from predictflow.errors import FeatureStoreUnavailable
 from predictflow.scoring import Scorer
 from predictflow.settings import KafkaSettings
@@ -30,8 +30,6 @@ log = logging.getLogger("predictflow.kafka")
 #: First pause before probing a feature store that is down; doubled up to
 #: `outage_backoff_max_seconds`.
 FIRST_BACKOFF_SECONDS = 0.5
-
-Result = ChurnScore | ErrorReply
 
 
 class Answers:
@@ -99,7 +97,7 @@ class Answers:
                 log_dead_letter(o)
         return outgoing
 
-    async def _score(self, requests: list[ChurnRequest]) -> list[Result]:
+    async def _score(self, requests: list[ChurnRequest]) -> list[ChurnResult]:
         if not requests:
             return []
         loop = asyncio.get_running_loop()

@@ -24,13 +24,12 @@ from pydantic import TypeAdapter
 
 from consumers.security import client_security
 from consumers.topics import ensure_topics
-from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.contract import ChurnRequest, ChurnResult
 from predictflow.settings import KafkaSettings
 
 log = logging.getLogger("predictflow.client")
 
-Reply = ChurnScore | ErrorReply
-_REPLY = TypeAdapter(Reply)
+_REPLY = TypeAdapter(ChurnResult)
 
 
 class ChurnClient:
@@ -49,9 +48,9 @@ class ChurnClient:
         )
         self.bootstrap = bootstrap_servers
         self.reply_topic = reply_topic or self.settings.reply_topic
-        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._waiting: dict[str, asyncio.Future[ChurnResult]] = {}
         # Only a client built with stream=True keeps every reply for replies().
-        self._stream: asyncio.Queue[tuple[str, Reply]] | None = (
+        self._stream: asyncio.Queue[tuple[str, ChurnResult]] | None = (
             asyncio.Queue() if stream else None
         )
         self._producer: Any = None
@@ -131,10 +130,10 @@ class ChurnClient:
 
     async def request(
         self, request: ChurnRequest, reply_timeout: float = 30.0
-    ) -> Reply:
+    ) -> ChurnResult:
         """Publish one request and wait for its reply."""
         cid = uuid.uuid4().hex
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ChurnResult] = asyncio.get_running_loop().create_future()
         self._waiting[cid] = fut
         try:
             await self.send(request, cid)
@@ -142,7 +141,7 @@ class ChurnClient:
         finally:
             self._waiting.pop(cid, None)
 
-    async def replies(self) -> AsyncIterator[tuple[str, Reply]]:
+    async def replies(self) -> AsyncIterator[tuple[str, ChurnResult]]:
         """Every reply that arrives, as (correlation id, reply) (needs stream=True)."""
         if self._stream is None:
             raise RuntimeError("build the client with stream=True to read replies()")

@@ -10,12 +10,12 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from consumers.client import ChurnClient, Reply
-from predictflow.contract import ChurnRequest, ChurnScore
+from consumers.client import ChurnClient
+from predictflow.contract import ChurnRequest, ChurnResult, ChurnScore
 from predictflow.settings import Settings
 
 
-def _line(correlation_id: str, reply: Reply) -> str:
+def _line(correlation_id: str, reply: ChurnResult) -> str:
     return json.dumps(
         {"correlation_id": correlation_id, **reply.model_dump(mode="json")}
     )

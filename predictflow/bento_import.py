@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from predictflow.encoding import ENCODED_FEATURES
 from predictflow.registry import client, get_champion
-from predictflow.schema import ENCODED_FEATURES
 from predictflow.settings import Settings
 
 log = logging.getLogger(__name__)

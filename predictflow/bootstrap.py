@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from predictflow import bento_import, data, feature_repo, registry, training
-from predictflow.log import step
+from predictflow.logconfig import step
 from predictflow.settings import Settings
 
 log = logging.getLogger("predictflow.bootstrap")

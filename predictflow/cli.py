@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from predictflow import log
+from predictflow import logconfig
 from predictflow.settings import Settings, get_settings
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     settings = get_settings()
-    log.configure(settings.log_level)
+    logconfig.configure(settings.log_level)
 
     if args.command == "bootstrap":
         from predictflow import bootstrap

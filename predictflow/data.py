@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from predictflow.encoding import CATEGORICAL, FEATURES
 from predictflow.errors import DataIntegrityError
-from predictflow.schema import CATEGORICAL, FEATURES
 
 TELCO_CSV = Path(__file__).resolve().parent.parent / "data" / "telco_customer_churn.csv"
 TELCO_SHA256 = "88be4b93fbe0cc83421af1c503794c97c342eca914c1576db7c276e61d61358a"

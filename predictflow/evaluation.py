@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from predictflow.schema import FEATURES, FIELD_OF_COLUMN
+from predictflow.encoding import FEATURES, FIELD_OF_COLUMN
 from predictflow.training import CrossValidation, Split, evaluate
 
 if TYPE_CHECKING:

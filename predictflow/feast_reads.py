@@ -24,7 +24,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from predictflow.schema import FEATURES
+from predictflow.encoding import FEATURES
 
 log = logging.getLogger(__name__)
 

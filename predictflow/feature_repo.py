@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from predictflow.encoding import FEATURES
 from predictflow.feast_reads import ENTITY_KEY
 from predictflow.features import open_store
-from predictflow.schema import FEATURES
 from predictflow.settings import FeastSettings
 
 if TYPE_CHECKING:

@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from predictflow import metrics
+from predictflow.encoding import ENCODED_FEATURES, FEATURES, encode_columns
 from predictflow.errors import ModelUnavailable
 from predictflow.model import ChurnModel
-from predictflow.schema import ENCODED_FEATURES, FEATURES, encode_columns
 from predictflow.scoring import Scorer
 from predictflow.settings import Settings
 

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from predictflow.encoding import ENCODED_FEATURES
 from predictflow.errors import ModelUnavailable
-from predictflow.schema import ENCODED_FEATURES
 
 
 class ChurnModel:

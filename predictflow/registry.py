@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from predictflow.schema import ENCODED_FEATURES
+from predictflow.encoding import ENCODED_FEATURES
 from predictflow.settings import Settings
 from predictflow.training import CrossValidation, TrainedModel, XGBoostParams
 

@@ -22,9 +22,9 @@ from predictflow.contract import (
     ChurnScore,
     Reason,
 )
+from predictflow.encoding import FEATURES, FIELD_OF_COLUMN, encode_rows
 from predictflow.errors import FeatureStoreUnavailable, ScoringFailed, UnknownCustomer
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES, FIELD_OF_COLUMN, encode_rows
 
 log = logging.getLogger("predictflow.scoring")
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from predictflow.data import LABEL
-from predictflow.schema import ENCODED_FEATURES, FEATURES, encode_columns
+from predictflow.encoding import ENCODED_FEATURES, FEATURES, encode_columns
 
 SPLIT_SEED = 42
 TEST_FRACTION = 0.2

@@ -6,7 +6,7 @@ import numpy as np
 import xgboost as xgb
 
 from predictflow.data import LABEL, synthetic_customers
-from predictflow.schema import ENCODED_FEATURES, FEATURES, encode_columns
+from predictflow.encoding import ENCODED_FEATURES, FEATURES, encode_columns
 from predictflow.settings import Settings
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.data import synthetic_customers
+from predictflow.encoding import FEATURES
 from predictflow.lifecycle import ModelFollower
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES
 from predictflow.scoring import Scorer
 from predictflow.settings import Settings
 from tests.registry_support import register, small_booster

@@ -243,11 +243,9 @@ class Consumers:
     def start(self, instance: str = "a") -> ConsumerProcess:
         env = {
             **self.env,
+            # Names the transactional id: the tests that tell runners apart
+            # need it.
             "PREDICTFLOW_KAFKA__INSTANCE_ID": instance,
-            # What `python -m consumers` reads today (it ignores the setting
-            # above); the instance names the transactional id, so the tests
-            # that tell runners apart need it to arrive.
-            "PREDICTFLOW_KAFKA_INSTANCE": instance,
         }
         log = self.dir / f"{instance}-{len(self.processes)}.log"
         process = ConsumerProcess(env, log)

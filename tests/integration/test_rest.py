@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.data import load_telco
+from predictflow.encoding import FEATURES
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES
 from predictflow.scoring import Scorer
 from tests.support import BentoServer, Workspace
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from predictflow.data import load_telco
-from predictflow.schema import FEATURES
+from predictflow.encoding import FEATURES
 from predictflow.settings import FeastSettings
 from tests.support import BentoServer, RedisServer, Workspace, wait_for
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from predictflow import training
+from predictflow.encoding import FEATURES, encode_rows
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES, encode_rows
 
 
 @pytest.fixture(scope="module")

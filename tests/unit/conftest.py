@@ -5,8 +5,8 @@ import pytest
 import xgboost as xgb
 
 from predictflow.data import LABEL, synthetic_customers
+from predictflow.encoding import ENCODED_FEATURES, FEATURES, encode_columns
 from predictflow.model import ChurnModel
-from predictflow.schema import ENCODED_FEATURES, FEATURES, encode_columns
 
 
 @pytest.fixture(scope="session")

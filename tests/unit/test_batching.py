@@ -14,7 +14,7 @@ from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.errors import FeatureStoreUnavailable, Overloaded
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
-from tests.unit.test_schema import ROW
+from tests.unit.test_encoding import ROW
 from tests.unit.test_scoring import FakeFeatures
 
 

@@ -13,8 +13,8 @@ from predictflow.data import (
     load_telco,
     synthetic_customers,
 )
+from predictflow.encoding import CATEGORICAL, FEATURES, encode_columns
 from predictflow.errors import DataIntegrityError
-from predictflow.schema import CATEGORICAL, FEATURES, encode_columns
 
 
 def test_telco_loads_with_its_known_shape() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from predictflow.encoding import FEATURES
 from predictflow.feature_repo import load_definitions
-from predictflow.schema import FEATURES
 from predictflow.settings import FeastSettings
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from predictflow import evaluation, training
 from predictflow.data import synthetic_customers
+from predictflow.encoding import ENCODED_FEATURES, FEATURES
 from predictflow.model import ChurnModel
-from predictflow.schema import ENCODED_FEATURES, FEATURES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -142,7 +142,7 @@ def test_write_the_evaluation_files(small_model: ChurnModel, tmp_path: Path) -> 
 
 
 def _encoded(n: int) -> np.ndarray:
-    from predictflow.schema import encode_columns
+    from predictflow.encoding import encode_columns
 
     df = synthetic_customers(n, seed=9)
     return encode_columns({name: df[name].tolist() for name in FEATURES})

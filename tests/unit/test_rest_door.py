@@ -31,7 +31,7 @@ from predictflow.settings import ServingSettings
 from rest.bentoml_fit import QuietClientErrors, RouteLabels
 from rest.door import RestDoor
 from tests.unit.test_batching import StalledFeatures
-from tests.unit.test_schema import ROW
+from tests.unit.test_encoding import ROW
 from tests.unit.test_scoring import FakeFeatures
 
 SPEC: dict[str, Any] = {

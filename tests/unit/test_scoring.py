@@ -5,11 +5,11 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
+from predictflow.encoding import FEATURES, encode_rows
 from predictflow.errors import FeatureStoreUnavailable
 from predictflow.model import ChurnModel
-from predictflow.schema import FEATURES, encode_rows
 from predictflow.scoring import Scorer
-from tests.unit.test_schema import ROW
+from tests.unit.test_encoding import ROW
 
 
 class FakeFeatures:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from predictflow.schema import (
+from predictflow.encoding import (
     BOOLEAN,
     CATEGORICAL,
     ENCODED_FEATURES,
