@@ -35,9 +35,7 @@ import httpx
 
 from bench import kafka_bench, loadgen, report
 from bench.procs import CpuMeter, rss_mb, wait_idle, wait_machine_quiet
-from predictflow.data import load_telco
-from tests.kafka_support import Topics
-from tests.support import (
+from devtools.processes import (
     ROOT,
     BentoServer,
     ConsumerProcess,
@@ -47,6 +45,8 @@ from tests.support import (
     free_port,
     stop_group,
 )
+from devtools.topics import Topics
+from predictflow.data import load_telco
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: What a run measures, in order (`--only` picks one).

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import ROOT, free_port
+from devtools.processes import ROOT, free_port
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

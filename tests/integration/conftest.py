@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BentoServer, KafkaBroker, RedisServer, Workspace
+from devtools.processes import BentoServer, KafkaBroker, RedisServer, Workspace
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

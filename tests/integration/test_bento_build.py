@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import BIN, ROOT, BentoServer, Workspace
+from devtools.processes import BIN, ROOT, BentoServer, Workspace
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.processes import ROOT, BentoServer, PrometheusServer, Workspace
 from predictflow.registry import alias_version
 from predictflow.settings import Settings
 from tests.canary_support import analyse
 from tests.registry_support import register, small_booster
-from tests.support import ROOT, BentoServer, PrometheusServer, Workspace
 
 # MLflow's pyfunc types warn on import when a model is logged in-process.
 pytestmark = pytest.mark.filterwarnings(

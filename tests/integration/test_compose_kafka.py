@@ -26,10 +26,10 @@ from aiokafka.errors import KafkaConnectionError
 
 from consumers.client import ChurnClient
 from consumers.security import client_security
+from devtools.processes import ROOT, ConsumerProcess, Workspace, free_port, wait_for
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.settings import KafkaSettings
 from tests.deploy.test_compose import interpolate, raw_compose
-from tests.support import ROOT, ConsumerProcess, Workspace, free_port, wait_for
 
 
 def image_properties(env: dict[str, str]) -> dict[str, str]:

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from devtools.processes import Workspace
 from predictflow import feast_reads
 from predictflow.data import load_telco
 from predictflow.feast_reads import DirectRead, RedisDirectRead
 from predictflow.features import OnlineFeatures
 from predictflow.settings import FeastSettings
-from tests.support import Workspace
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support import BentoServer, Workspace
+from devtools.processes import BentoServer, Workspace
 
 #: Generated requests per scoring operation and mode (positive: valid per the
 #: document; negative: breaking it): 4 x 260 = 1,040, plus the probes.

@@ -18,13 +18,14 @@ import httpx
 import pytest
 import yaml
 
+from devtools.processes import ROOT, Workspace, free_port
+from devtools.topics import Topics
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
 from tests.containers.support import host_container, image, logs, running
 from tests.integration.test_rest import KNOWN, TelcoFeatures
-from tests.kafka_support import Topics, publish, read_all
-from tests.support import ROOT, Workspace, free_port
+from tests.kafka_support import publish, read_all
 
 #: Where `bentoml containerize` puts the bento inside the image.
 BENTO = "/home/bentoml/bento"

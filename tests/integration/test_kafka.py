@@ -17,6 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.client import ChurnClient
+from devtools.processes import BentoServer, ConsumerProcess, KafkaBroker, Workspace
+from devtools.topics import Topics
 from predictflow.contract import ChurnRequest, ChurnScore, ErrorReply
 from predictflow.data import load_telco
 from predictflow.settings import KafkaSettings
@@ -25,13 +27,11 @@ from tests.kafka_support import (
     Sent,
     Stream,
     Tally,
-    Topics,
     committed_offsets,
     publish,
     read_all,
     wait_rebalance,
 )
-from tests.support import BentoServer, ConsumerProcess, KafkaBroker, Workspace
 
 CUSTOMERS = load_telco()["customer_id"].tolist()
 

@@ -27,10 +27,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from devtools.processes import ConsumerProcess, RedisServer, Workspace, wait_for
+from devtools.topics import Topics
 from predictflow.contract import ChurnScore, ErrorReply
 from predictflow.data import load_telco
-from tests.kafka_support import Topics, publish, read_all
-from tests.support import ConsumerProcess, RedisServer, Workspace, wait_for
+from tests.kafka_support import publish, read_all
 
 CUSTOMERS = load_telco()["customer_id"].tolist()
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.processes import ConsumerProcess, Workspace, wait_for
+from devtools.topics import Topics
 from predictflow.data import load_telco
-from tests.kafka_support import Topics, publish, read_all
+from tests.kafka_support import publish, read_all
 from tests.registry_support import set_alias, stage_a_swap
-from tests.support import ConsumerProcess, Workspace, wait_for
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*Any type hint is inferred:UserWarning"

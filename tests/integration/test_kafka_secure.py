@@ -28,9 +28,9 @@ from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFai
 
 from consumers.client import ChurnClient
 from consumers.security import client_security
+from devtools.processes import BIN, ROOT, ConsumerProcess, KafkaBroker, Workspace
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.settings import KafkaSettings, Settings
-from tests.support import BIN, ROOT, ConsumerProcess, KafkaBroker, Workspace
 
 #: Longest a request may wait for its reply, or a bad one for its dead letter.
 WITHIN_S = 20.0

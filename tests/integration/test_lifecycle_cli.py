@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from devtools.processes import Workspace
 from predictflow import evaluation
-from tests.support import Workspace
 
 SEED = 3
 #: An alias of these tests' own, so no other test's alias is touched.

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import BentoServer, RedisServer, Workspace, free_port, wait_for
+from devtools.processes import BentoServer, RedisServer, Workspace, free_port, wait_for
 
 PASSWORD = secrets.token_hex(16)
 WRONG = secrets.token_hex(16)

@@ -10,12 +10,12 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.processes import BentoServer, Workspace
 from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.data import load_telco
 from predictflow.encoding import FEATURES
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
-from tests.support import BentoServer, Workspace
 
 KNOWN = ["7590-VHVEG", "5575-GNVDE", "3668-QPYBK", "7795-CFOCW", "9237-HQITU"]
 

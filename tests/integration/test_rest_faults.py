@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.processes import BentoServer, RedisServer, Workspace, wait_for
 from predictflow.data import load_telco
 from predictflow.encoding import FEATURES
 from predictflow.settings import FeastSettings
-from tests.support import BentoServer, RedisServer, Workspace, wait_for
 
 GOOD = ["7590-VHVEG", "5575-GNVDE", "3668-QPYBK", "7795-CFOCW", "9237-HQITU"]
 #: The feature deadline the stalled-store server runs with (seconds).

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.processes import BentoServer, Workspace, wait_for
 from tests.registry_support import set_alias, stage_a_swap
-from tests.support import BentoServer, Workspace, wait_for
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*Any type hint is inferred:UserWarning"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import BentoServer, Workspace, free_port
+from devtools.processes import BentoServer, Workspace, free_port
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

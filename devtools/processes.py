@@ -1,4 +1,5 @@
-"""Helpers to run real services (bootstrap, `bentoml serve`, redis-server) in tests."""
+"""Real services for tests and benchmarks: a workspace, `bentoml serve`, Redis,
+Kafka, the Kafka runner, Prometheus, and the helpers to start and stop them."""
 
 from __future__ import annotations
 
