@@ -32,6 +32,7 @@ def new_consumer(settings: KafkaSettings, instance: str) -> Any:
         fetch_max_wait_ms=s.fetch_max_wait_ms,
         fetch_min_bytes=s.fetch_min_bytes,
         session_timeout_ms=s.session_timeout_ms,
+        heartbeat_interval_ms=s.heartbeat_interval_ms,
         **client_security(s),
     )
 

@@ -109,6 +109,15 @@ class KafkaSettings(BaseModel):
             "long loses its partitions to the others."
         ),
     )
+    heartbeat_interval_ms: int = Field(
+        default=500,
+        ge=100,
+        description=(
+            "How often a runner heartbeats to its group, which is also how soon "
+            "it learns of a rebalance (a canary step, a pod added or gone): "
+            "aiokafka's 3 s default kept the whole group waiting that long."
+        ),
+    )
     transaction_timeout_ms: int = Field(
         default=5000,
         ge=1000,
@@ -196,6 +205,11 @@ def check_kafka(kafka: KafkaSettings) -> None:
         )
     if (kafka.ssl_certfile is None) != (kafka.ssl_keyfile is None):
         raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together")
+    if kafka.heartbeat_interval_ms * 3 > kafka.session_timeout_ms:
+        raise ValueError(
+            "kafka.heartbeat_interval_ms must be at most a third of "
+            "kafka.session_timeout_ms (Kafka's rule for heartbeats)"
+        )
     if kafka.transaction_timeout_ms >= kafka.session_timeout_ms:
         raise ValueError(
             "kafka.transaction_timeout_ms must be below kafka.session_timeout_ms "

@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools.processes import ROOT
 from predictflow.canary.plan import STEPS, rollout_replicas
+from predictflow.kafka_settings import KafkaSettings
 
 PARTITIONS = 20  # k8s/base/configmap.yaml PREDICTFLOW_KAFKA__REQUEST_PARTITIONS
 PODS = 10  # the Rollout's HPA minimum (k8s/overlays/argo-rollouts)
@@ -37,14 +38,21 @@ RATE = 200  # requests per second, all along
 DELAYED_S = 0.25  # a reply slower than this was held up by the rebalance
 SETTLE_TIMEOUT_S = 60
 
-# Group configurations compared: aiokafka's defaults (the runner's today:
-# session 10 s, heartbeat 3 s); heartbeats every 500 ms, so members learn of
-# a rebalance sooner; and static membership (group_instance_id): a static
-# member does not leave the group when it stops, so the partitions of each
-# stable pod a step removes wait for its session to time out.
+# Group configurations compared: aiokafka's defaults (session 10 s,
+# heartbeat 3 s); the runner's (KafkaSettings: heartbeats every 500 ms, so
+# members learn of a rebalance sooner); and static membership
+# (group_instance_id): a static member does not leave the group when it
+# stops, so the partitions of each stable pod a step removes wait for its
+# session to time out.
+_RUNNER = KafkaSettings()
 CONFIGS = {
-    "defaults": [],
-    "heartbeat-500ms": ["--heartbeat-ms", "500", "--session-ms", "6000"],
+    "aiokafka-defaults": [],
+    "runner": [
+        "--heartbeat-ms",
+        str(_RUNNER.heartbeat_interval_ms),
+        "--session-ms",
+        str(_RUNNER.session_timeout_ms),
+    ],
     "static-membership": ["--static"],
 }
 

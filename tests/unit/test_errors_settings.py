@@ -161,3 +161,12 @@ def test_a_zombie_transaction_times_out_before_its_partitions_move(
     monkeypatch.setenv("PREDICTFLOW_KAFKA__TRANSACTION_TIMEOUT_MS", "20000")
     with pytest.raises(ValidationError, match="session_timeout_ms"):
         Settings()
+
+
+def test_heartbeats_come_at_least_three_times_a_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().kafka.heartbeat_interval_ms == 500
+    monkeypatch.setenv("PREDICTFLOW_KAFKA__HEARTBEAT_INTERVAL_MS", "4000")
+    with pytest.raises(ValidationError, match="heartbeat_interval_ms"):
+        Settings()
