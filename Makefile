@@ -44,7 +44,7 @@ test-services:
 	@scripts/ensure-test-services.sh
 
 ## Every suite: unit, model, integration (real bentoml serve, Redis, Kafka).
-test: install test-services
+test: install test-services k8s-tools
 	$(BIN)/pytest
 
 ## Benchmarks (not tests): REST on Redis and SQLite against a FastAPI baseline,
