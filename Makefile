@@ -7,7 +7,7 @@ PORT ?= 3000
 BIN := $(VENV)/bin
 
 .PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
-        typecheck test-services bench bench-quick clean \
+        typecheck test-services bench bench-quick bench-readme clean \
         docker-up docker-down docker-images image test-containers compose-secrets \
         settings-doc
 
@@ -51,6 +51,10 @@ test: install test-services k8s-tools
 ## Kafka throughput and latency, cold start, RSS. Up to 20 minutes.
 bench: install test-services
 	$(BIN)/python -m bench.run
+
+## The README's targets table from bench/results/latest.json.
+bench-readme: install
+	$(BIN)/python -m bench.report README.md
 
 bench-quick: install test-services
 	$(BIN)/python -m bench.run --quick

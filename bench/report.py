@@ -319,6 +319,67 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def targets_table(results: Mapping[str, Any]) -> list[str]:
+    """The targets of a run as a markdown table, one line per row."""
+    return _table(
+        ["target", "PredictFlow", "baseline", "ratio", "goal", "met"],
+        [
+            [
+                r["target"],
+                r["measured"],
+                r["baseline"],
+                r["ratio"],
+                r["goal"],
+                _met(r["met"]),
+            ]
+            for r in results.get("targets", [])
+        ],
+    )
+
+
+#: The README's generated block: `python -m bench.report README.md` rewrites it.
+README_BEGIN = "<!-- bench:targets (python -m bench.report README.md) -->"
+README_END = "<!-- /bench:targets -->"
+
+
+def readme_block(results: Mapping[str, Any]) -> str:
+    """What the README shows of a run: where it came from, and its targets."""
+    git = results.get("git") or {}
+    commit = str(git.get("commit") or "unknown")[:7]
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
+    return "\n".join(
+        [
+            README_BEGIN,
+            f"Run `{results['run_id']}` ({results['mode']}) at commit "
+            f"`{commit}`{dirty}: bench/results/{results['run_id']}.md",
+            "",
+            *targets_table(results),
+            README_END,
+        ]
+    )
+
+
+def rewrite_readme(text: str, results: Mapping[str, Any]) -> str:
+    """`text` with its generated block replaced by the one of `results`."""
+    start = text.index(README_BEGIN)
+    end = text.index(README_END, start) + len(README_END)
+    return text[:start] + readme_block(results) + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.report README.md`: the table from results/latest.json."""
+    import json
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    readme = Path(args[0] if args else "README.md")
+    latest = Path(__file__).resolve().parent / "results" / "latest.json"
+    results = json.loads(latest.read_text())
+    readme.write_text(rewrite_readme(readme.read_text(), results))
+    return 0
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     plan = results["plan"]
     workers = results["machine"].get("workers", 1)
@@ -342,20 +403,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             "targets are judged on the full run.",
         ]
     lines += ["", "## Targets", ""]
-    lines += _table(
-        ["target", "PredictFlow", "baseline", "ratio", "goal", "met"],
-        [
-            [
-                r["target"],
-                r["measured"],
-                r["baseline"],
-                r["ratio"],
-                r["goal"],
-                _met(r["met"]),
-            ]
-            for r in results.get("targets", [])
-        ],
-    )
+    lines += targets_table(results)
     rest = results.get("rest") or {}
     check = rest.get("generator_check")
     if check:
@@ -515,3 +563,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                 for r in runs
             ]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -81,3 +81,22 @@ def test_a_section_that_crashed_or_never_ran_is_not_met() -> None:
     )
     assert "commit `aaaaaaaaaaaa` **with uncommitted changes**" in page
     assert "**not met**" in page
+
+
+def test_the_readme_table_is_the_latest_run() -> None:
+    import json
+    from pathlib import Path
+
+    from bench.report import README_BEGIN, README_END, readme_block, rewrite_readme
+
+    root = Path(__file__).resolve().parents[2]
+    latest = json.loads((root / "bench" / "results" / "latest.json").read_text())
+    readme = (root / "README.md").read_text()
+    assert readme_block(latest) in readme, (
+        "stale README table: run python -m bench.report README.md"
+    )
+    assert latest["git"]["dirty"] is False, "publish a run of a clean tree"
+    # Rewriting replaces the block, and only the block.
+    other = {**latest, "run_id": "X", "targets": []}
+    text = f"before\n{README_BEGIN}\nold\n{README_END}\nafter\n"
+    assert rewrite_readme(text, other) == f"before\n{readme_block(other)}\nafter\n"
