@@ -84,6 +84,9 @@ def render_env(example: str, have: dict[str, str]) -> tuple[str, list[str]]:
             value = secrets.token_hex(24)  # hex: safe in JAAS quotes and YAML
             made.append(name)
         lines.append(f"{name}={value}")
+    # Your own additions to `.env` stay.
+    known = {line.partition("=")[0].strip() for line in example.splitlines()}
+    lines += [f"{name}={value}" for name, value in have.items() if name not in known]
     return "\n".join(lines) + "\n", made
 
 

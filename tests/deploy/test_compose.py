@@ -913,3 +913,8 @@ def test_compose_secrets_makes_every_secret_once(tmp_path: Path) -> None:
     before = {p: p.read_bytes() for p in (tmp_path / ".env", *secrets_dir.iterdir())}
     assert "unchanged" in run_compose_secrets(tmp_path)
     assert {p: p.read_bytes() for p in before} == before
+    # Your own lines in .env survive a rerun.
+    with (tmp_path / ".env").open("a") as f:
+        f.write("MY_OWN_SETTING=42\n")
+    run_compose_secrets(tmp_path)
+    assert "MY_OWN_SETTING=42" in (tmp_path / ".env").read_text().splitlines()
