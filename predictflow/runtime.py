@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -65,19 +67,47 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    global _flusher
     if _observe_pause not in gc.callbacks:
         gc.callbacks.append(_observe_pause)
+    if _flusher is None:
+        _flusher = threading.Thread(
+            target=_flush_forever, name="gc-pause-metrics", daemon=True
+        )
+        _flusher.start()
     log.info("event=heap_settled frozen_objects=%d", gc.get_freeze_count())
 
 
 _started = 0.0
+#: Pauses timed by the GC callback, waiting for `flush_gc_pauses` (bounded).
+_pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
+_flusher: threading.Thread | None = None
 
 
 def _observe_pause(phase: str, info: dict[str, Any]) -> None:
+    """GC callback: time the pause, and only queue it.
+
+    A collection can start anywhere, also while this thread holds
+    prometheus_client's (non-reentrant) value lock; observing a metric here
+    took that lock again and wedged the worker for good (seen under a burst
+    of 503s). So the callback touches no lock; `flush_gc_pauses` observes.
+    """
     global _started
     if phase == "start":
         _started = time.perf_counter()
         return
-    metrics.get().gc_pause_seconds.labels(str(info["generation"])).observe(
-        time.perf_counter() - _started
-    )
+    _pauses.append((info["generation"], time.perf_counter() - _started))
+
+
+def flush_gc_pauses() -> None:
+    """Observe the queued GC pauses on `predictflow_gc_pause_seconds`."""
+    histogram = metrics.get().gc_pause_seconds
+    while _pauses:
+        generation, seconds = _pauses.popleft()
+        histogram.labels(str(generation)).observe(seconds)
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(1.0)
+        flush_gc_pauses()

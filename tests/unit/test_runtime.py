@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from predictflow import metrics, runtime
 
 
@@ -51,8 +53,24 @@ def test_settle_heap_freezes_and_times_collections() -> None:
         hist = metrics.get().gc_pause_seconds.labels("0")
         before = hist._sum.get()
         gc.collect(0)
+        runtime.flush_gc_pauses()
         assert hist._sum.get() > before
     finally:
         gc.unfreeze()
         if runtime._observe_pause in gc.callbacks:
             gc.callbacks.remove(runtime._observe_pause)
+
+
+def test_the_gc_callback_takes_no_metrics_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A collection can start while this thread holds prometheus_client's value
+    # lock: a callback that observed a metric took it again and wedged a worker.
+    def no_metrics() -> None:
+        raise AssertionError("the GC callback touched the metrics")
+
+    monkeypatch.setattr(runtime.metrics, "get", no_metrics)
+    runtime._observe_pause("start", {"generation": 0})
+    runtime._observe_pause("stop", {"generation": 0})
+    assert runtime._pauses and runtime._pauses[-1][0] == 0
+    monkeypatch.undo()
+    runtime.flush_gc_pauses()
+    assert not runtime._pauses
