@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from predictflow.canary.aliases import Aliases, ChallengerMoved, registry_settings
-from predictflow.canary.checks import Thresholds, TrackStats
+from predictflow.canary.checks import Thresholds
 from predictflow.registry import alias_version
 from predictflow.settings import Settings
 from tests.canary_support import canary_promote
 from tests.registry_support import register, set_alias, small_booster
+from tests.unit.test_canary_logic import OK
 
 # MLflow's pyfunc types warn on import when a model is logged in-process.
 pytestmark = pytest.mark.filterwarnings(
@@ -27,14 +28,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 cp = canary_promote()
-HEALTHY = TrackStats(
-    requests=1000,
-    error_rate=0.0,
-    p99_seconds=0.02,
-    kafka_consumed=500,
-    kafka_error_rate=0.0,
-    mean_score=0.3,
-)
+HEALTHY = OK  # the unit tests' healthy track
 FAILING = replace(HEALTHY, error_rate=0.5)
 
 
