@@ -68,6 +68,11 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     global _flusher
+    # Every generation's series exists from the start, so a scrape does not
+    # sprout new ones the first time an older generation is collected.
+    histogram = metrics.get().gc_pause_seconds
+    for generation in range(len(gc.get_threshold())):
+        histogram.labels(str(generation))
     if _observe_pause not in gc.callbacks:
         gc.callbacks.append(_observe_pause)
     if _flusher is None:

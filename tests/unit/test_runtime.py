@@ -61,6 +61,22 @@ def test_settle_heap_freezes_and_times_collections() -> None:
             gc.callbacks.remove(runtime._observe_pause)
 
 
+def test_every_generation_has_its_series_before_its_first_pause() -> None:
+    # A scrape must not sprout series when an older generation is first
+    # collected (that grew /metrics under random paths, seen in CI).
+    import gc
+
+    histogram = metrics.get().gc_pause_seconds
+    histogram.clear()
+    try:
+        runtime.settle_heap()
+        assert {("0",), ("1",), ("2",)} <= set(histogram._metrics)
+    finally:
+        gc.unfreeze()
+        if runtime._observe_pause in gc.callbacks:
+            gc.callbacks.remove(runtime._observe_pause)
+
+
 def test_the_gc_callback_takes_no_metrics_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     # A collection can start while this thread holds prometheus_client's value
     # lock: a callback that observed a metric took it again and wedged a worker.
