@@ -24,6 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="retrain and rewrite the feature source even if nothing changed",
     )
+    boot.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        default=0,
+        help="also load N synthetic customers (ids SYN-...) into the online "
+        "store, their ids to <data_dir>/synthetic_ids.txt (benchmarks at scale)",
+    )
     pub = sub.add_parser(
         "publish", help="send churn requests to Kafka and print the replies"
     )
@@ -101,6 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.customers} customers in the {settings.feast.online_store} "
             "online store\n"
         )
+        if args.synthetic:
+            from predictflow import synthetic
+
+            loaded = synthetic.load(
+                settings, args.synthetic, progress=sys.stderr.isatty()
+            )
+            sys.stdout.write(
+                f"synthetic: {loaded.customers} customers "
+                f"({'written' if loaded.written else 'already there'}) "
+                f"in {loaded.seconds:.1f} s, ids in {loaded.ids_file}\n"
+            )
     elif args.command in ("train", "promote", "models", "report"):
         return _lifecycle(args, settings)
     elif args.command == "publish":
