@@ -16,6 +16,7 @@ from typing import Any
 
 from consumers import handler
 from consumers.reply_topics import ReplyTopics, undeliverable
+from predictflow import metrics
 
 log = logging.getLogger("predictflow.kafka")
 
@@ -34,6 +35,11 @@ def _keyed(key: bytes, partitions: tuple[int, ...]) -> int:
     # is pure Python, a measurable share of a runner's CPU per record (the
     # commit that introduced this function has the measurement).
     return int(_partitioner()(key, partitions, partitions))
+
+
+@functools.cache
+def _partition_counts() -> metrics.CacheCounts:
+    return metrics.CacheCounts("reply_partition", _keyed)
 
 
 def partition(
@@ -92,6 +98,7 @@ async def send_by_partition(
     for tp, batch in batches.items():
         ack = await producer.send_batch(batch, tp[0], partition=tp[1])
         sent.append(SentBatch(members[tp], ack))
+    _partition_counts().update()
     return sent
 
 

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from predictflow import metrics
 from predictflow.encoding import FEATURES
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,13 @@ class RedisDirectRead(DirectRead):
         self._known: dict[bytes, object] = {}
         #: Feast's Redis key of a customer id (remembered: ids recur).
         self._key = functools.lru_cache(maxsize=_KNOWN_VALUES)(self._redis_key)
+        self._key_counts = metrics.CacheCounts("redis_key", self._key)
+        lookups = metrics.get().memo_lookups
+        self._value_counts = (
+            lookups.labels("field_value", "hit"),
+            lookups.labels("field_value", "miss"),
+        )
+        self._decoded = 0
         self._fields = []
         for view, names in self._views:
             _, fields = self._online_store._generate_hset_keys_for_features(
@@ -163,7 +171,17 @@ class RedisDirectRead(DirectRead):
                     value = known.get(raw, known) if raw else None
                     row[name] = self._decode(raw) if value is known else value
         # An unknown customer: no hash, every field None.
-        return [None if all(v is None for v in r.values()) else r for r in rows]
+        found = [None if all(v is None for v in r.values()) else r for r in rows]
+        self._count(found)
+        return found
+
+    def _count(self, found: list[dict[str, object] | None]) -> None:
+        # Per batch, not per field: the loop above stays as it was.
+        self._key_counts.update()
+        fields = sum(len(names) for names, _ in self._fields)
+        lookups = fields * sum(row is not None for row in found)
+        misses, self._decoded = self._decoded, 0
+        metrics.count(*self._value_counts, max(lookups - misses, 0), misses)
 
     def _redis_key(self, customer_id: str) -> bytes:
         entity = self._entity_key(
@@ -175,6 +193,7 @@ class RedisDirectRead(DirectRead):
         return key
 
     def _decode(self, raw: bytes) -> object:
+        self._decoded += 1
         decoded = self._python(self._value.FromString(raw))
         # Scalars are immutable and most fields take few distinct values
         # (contract type, payment method, tenure): the same bytes decode once.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -37,6 +38,36 @@ class Metrics:
     kafka_batch_size: Histogram
     kafka_processing_seconds: Histogram
     kafka_lag: Gauge
+    memo_lookups: Counter
+
+
+class CacheCounts:
+    """Counts a `functools` cache's hits and misses on `predictflow_memo_lookups`.
+
+    `update` adds what happened since its last call (call it once per batch,
+    not per lookup: a counter increment takes a lock in multiprocess mode).
+    """
+
+    def __init__(self, memo: str, cached: Any) -> None:
+        lookups = get().memo_lookups
+        self._hits = lookups.labels(memo, "hit")
+        self._misses = lookups.labels(memo, "miss")
+        self._cached = cached
+        self._seen = (0, 0)
+
+    def update(self) -> None:
+        info = self._cached.cache_info()
+        hits, misses = info.hits - self._seen[0], info.misses - self._seen[1]
+        self._seen = (info.hits, info.misses)
+        count(self._hits, self._misses, hits, misses)
+
+
+def count(hit: Any, miss: Any, hits: int, misses: int) -> None:
+    """Add `hits` and `misses` to a memo's two counters (nothing for zero)."""
+    if hits > 0:
+        hit.inc(hits)
+    if misses > 0:
+        miss.inc(misses)
 
 
 @lru_cache(maxsize=1)
@@ -120,5 +151,11 @@ def get() -> Metrics:
             "Records behind the high watermark, per owned partition.",
             ["topic", "partition"],
             multiprocess_mode="livemax",
+        ),
+        memo_lookups=Counter(
+            "predictflow_memo_lookups",
+            "Lookups in the bounded in-process memos (redis_key, field_value, "
+            "reply_partition), by result (hit, miss).",
+            ["memo", "result"],
         ),
     )

@@ -11,6 +11,7 @@ import pytest
 from devtools.processes import Workspace
 from predictflow import feast_reads
 from predictflow.data import load_telco
+from predictflow.encoding import FEATURES
 from predictflow.feast_reads import DirectRead, RedisDirectRead
 from predictflow.features import OnlineFeatures
 from predictflow.settings import FeastSettings
@@ -75,3 +76,45 @@ def test_views_that_expire_rows_fall_back_to_get_online_features() -> None:
     assert DirectRead.applies(store(timedelta(0)), service)
     assert DirectRead.applies(store(None), service)
     assert not DirectRead.applies(store(timedelta(days=1)), service)
+
+
+def test_the_redis_read_counts_its_memo_lookups(redis_workspace: Workspace) -> None:
+    from predictflow import metrics
+
+    settings = FeastSettings(
+        repo_path=Path(redis_workspace.env["PREDICTFLOW_FEAST__REPO_PATH"]),
+        online_store="redis",
+        redis_connection_string=redis_workspace.env[
+            "PREDICTFLOW_FEAST__REDIS_CONNECTION_STRING"
+        ],
+    )
+    features = OnlineFeatures.open(settings)
+    assert type(features._direct) is RedisDirectRead
+    lookups = metrics.get().memo_lookups
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {
+            (memo, result): lookups.labels(memo, result)._value.get()
+            for memo in ("redis_key", "field_value")
+            for result in ("hit", "miss")
+        }
+
+    ids = load_telco()["customer_id"].tolist()[:100]
+    start = counts()
+    features.get([*ids, "0000-NOBODY"])
+    first = {k: v - start[k] for k, v in counts().items()}
+    features.get(ids)
+    second = {k: v - start[k] - first[k] for k, v in counts().items()}
+    # A new reader: every key is new once, then remembered.
+    assert first[("redis_key", "miss")] == 101
+    assert first[("redis_key", "hit")] == 0
+    assert second[("redis_key", "hit")] == 100
+    assert second[("redis_key", "miss")] == 0
+    # Fields of found customers only; each distinct value decoded once.
+    fields = len(FEATURES)
+    assert (
+        first[("field_value", "hit")] + first[("field_value", "miss")] == 100 * fields
+    )
+    assert 0 < first[("field_value", "miss")] < 100 * fields
+    assert second[("field_value", "hit")] == 100 * fields
+    assert second[("field_value", "miss")] == 0
