@@ -117,6 +117,7 @@ def _ms(values: np.ndarray) -> dict[str, float]:
     return {
         "p50": round(_pct(values, 50), 2),
         "p99": round(_pct(values, 99), 2),
+        "p999": round(_pct(values, 99.9), 2),
         "max": round(float(values.max()) if len(values) else float("nan"), 2),
     }
 

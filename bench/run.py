@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
-import itertools
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -33,7 +33,8 @@ from typing import Any
 
 import httpx
 
-from bench import kafka_bench, loadgen, report
+from bench import kafka_bench, loadgen, report, scrape
+from bench.customers import Customers
 from bench.procs import CpuMeter, rss_mb, wait_idle, wait_machine_quiet
 from devtools.processes import (
     ROOT,
@@ -85,11 +86,17 @@ class Plan:
     #: Rounds of the request-option costs (auth, explain), each variant once
     #: per round in a rotating order; the spread across rounds is reported.
     cost_rounds: int = 3
+    #: Synthetic customers loaded beside the Telco ones (`bootstrap
+    #: --synthetic`); every load draws its ids from all of them at random.
+    synthetic: int = 1_000_000
+    #: Rounds of the open-loop sweep over `rates`; the figure of a rate is its
+    #: median round, the spread across rounds is reported.
+    rate_rounds: int = 3
 
 
 FULL = Plan(
-    rates=(250, 500, 1000, 1500),
-    rate_s=30,
+    rates=(500, 1000, 2000, 3000),
+    rate_s=15,
     warmup_s=5,
     saturation_s=20,
     saturation_rounds=3,
@@ -102,10 +109,12 @@ FULL = Plan(
     kafka_warmup=150_000,
     kafka_latency_warmup_s=30,
     cost_rounds=3,
+    synthetic=1_000_000,
+    rate_rounds=3,
 )
 QUICK = replace(
     FULL,
-    rates=(250, 1000),
+    rates=(1000, 3000),
     rate_s=5,
     warmup_s=2,
     saturation_s=5,
@@ -116,6 +125,8 @@ QUICK = replace(
     kafka_warmup=60_000,
     kafka_latency_warmup_s=15,
     cost_rounds=1,
+    synthetic=50_000,
+    rate_rounds=1,
 )
 
 
@@ -269,13 +280,70 @@ def same_scores(servers: Mapping[str, Server], ids: list[str]) -> bool:
     return same
 
 
+def sweep(
+    store: str,
+    servers: Mapping[str, Server],
+    customers: Customers,
+    tools: loadgen.Tools,
+    plan: Plan,
+    tmp: Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The open-loop sweep: each rate in `plan.rate_rounds` rounds, service and
+    baseline turn about on the same random ids; the median round is a rate's
+    figure. The service's own counters are read around its runs: memo hit
+    ratios and batch sizes over the sweep, GC pauses at the budget rate.
+    """
+    pids = [srv.pid for srv in servers.values()]
+    url = servers["service"].url
+    rows: dict[int, dict[str, Any]] = {
+        rate: {"rate": rate, "rounds": {"service": [], "baseline": []}}
+        for rate in plan.rates
+    }
+    sweep_before = scrape.scrape(url)
+    gc: scrape.Samples = {}
+    for rnd in range(plan.rate_rounds):
+        for i, rate in enumerate(plan.rates):
+            ids = customers.draw(
+                int(rate * plan.rate_s) + rate, seed=rnd * 10_000 + rate
+            )
+            # Alternate who goes first, so drift does not favour one side.
+            first = (
+                ("service", "baseline")
+                if (i + rnd) % 2 == 0
+                else ("baseline", "service")
+            )
+            for kind in first:
+                targets = loadgen.write_targets(
+                    tmp / f"{store}-{kind}.targets", servers[kind].url + "/predict", ids
+                )
+                idle = wait_idle(pids)
+                before = scrape.scrape(url) if kind == "service" else None
+                result = loadgen.constant_rate(
+                    tools, targets, rate, plan.rate_s, tmp, servers[kind].pid
+                )
+                if before is not None and rate == report.REST_RATE:
+                    d = scrape.delta(scrape.scrape(url), before)
+                    gc = {k: gc.get(k, 0.0) + v for k, v in d.items()}
+                result["idle_wait_s"] = idle
+                result["round"] = rnd + 1
+                rows[rate]["rounds"][kind].append(result)
+                log(f"{store} {kind} {rate}/s round {rnd + 1}: {_brief(result)}")
+                targets.unlink()
+    for row in rows.values():
+        for kind, runs in row["rounds"].items():
+            row[kind] = report.median_run(runs)
+    counters = scrape.summary(scrape.delta(scrape.scrape(url), sweep_before))
+    counters["gc_at_budget_rate"] = scrape.gc_pauses(gc)
+    return list(rows.values()), counters
+
+
 def rest_store(
     ws: Workspace,
     store: str,
     tools: loadgen.Tools,
     plan: Plan,
     tmp: Path,
-    ids: list[str],
+    customers: Customers,
 ) -> dict[str, Any]:
     """Service and baseline on one online store, measured turn about."""
     out: dict[str, Any] = {
@@ -303,30 +371,18 @@ def rest_store(
             servers[kind] = srv
             out["cold_start_s"][kind] = statistics.median(runs)
             out["rss_ready"][kind] = rss_mb(srv.pid)
-        targets = {
-            kind: loadgen.write_targets(
-                tmp / f"{store}-{kind}.targets", srv.url + "/predict", ids
+        out["same_scores"] = same_scores(servers, customers.draw(50, seed=1))
+        warm = customers.draw(int(250 * plan.warmup_s), seed=2)
+        for kind, srv in servers.items():
+            targets = loadgen.write_targets(
+                tmp / f"{store}-{kind}.targets", srv.url + "/predict", warm
             )
-            for kind, srv in servers.items()
-        }
-        out["same_scores"] = same_scores(servers, ids[:50])
-        for kind in servers:
-            loadgen.constant_rate(tools, targets[kind], 250, plan.warmup_s, tmp, None)
+            loadgen.constant_rate(tools, targets, 250, plan.warmup_s, tmp, None)
+        out["rates"], out["service_counters"] = sweep(
+            store, servers, customers, tools, plan, tmp
+        )
+        ids_file = customers.write(tmp / f"{store}-saturation.ids", 200_000, seed=3)
         pids = [srv.pid for srv in servers.values()]
-        for i, rate in enumerate(plan.rates):
-            row: dict[str, Any] = {"rate": rate}
-            # Alternate who goes first, so drift does not favour one side.
-            order = ("service", "baseline") if i % 2 == 0 else ("baseline", "service")
-            for kind in order:
-                idle = wait_idle(pids)
-                result = loadgen.constant_rate(
-                    tools, targets[kind], rate, plan.rate_s, tmp, servers[kind].pid
-                )
-                result["idle_wait_s"] = idle
-                row[kind] = result
-                log(f"{store} {kind} {rate}/s: {_brief(result)}")
-            out["rates"].append(row)
-        ids_file = tmp / "ids.txt"
         # Rounds, alternating who goes first: a closed-loop run depends on how
         # the workers split wrk's connections (they share one listening
         # socket), so one 20 s run is luck. The headline is the mean.
@@ -486,7 +542,9 @@ def cost_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 # -- Kafka ---------------------------------------------------------------------
 
 
-def run_kafka(ws: Workspace, plan: Plan, tmp: Path, ids: list[str]) -> dict[str, Any]:
+def run_kafka(
+    ws: Workspace, plan: Plan, tmp: Path, customers: Customers
+) -> dict[str, Any]:
     """For 1..N standalone runners: throughput, then latency at a constant rate.
 
     Each runner count gets fresh topics and its own runner processes. The
@@ -507,7 +565,7 @@ def run_kafka(ws: Workspace, plan: Plan, tmp: Path, ids: list[str]) -> dict[str,
             ws,
             warmup,
             tmp,
-            ids,
+            customers,
             bootstrap,
             Topics.fresh("warmup", bootstrap),
             max(plan.kafka_runners),
@@ -522,7 +580,7 @@ def run_kafka(ws: Workspace, plan: Plan, tmp: Path, ids: list[str]) -> dict[str,
         for count in plan.kafka_runners:
             topics = Topics.fresh(f"bench{count}", bootstrap)
             result = _kafka_throughput(
-                ws, plan, tmp, ids, bootstrap, topics, count, broker_pid, runners
+                ws, plan, tmp, customers, bootstrap, topics, count, broker_pid, runners
             )
             out["throughput_runs"].append(result)
             log(f"kafka throughput, {count} runner(s): {result}")
@@ -613,7 +671,7 @@ def _kafka_throughput(
     ws: Workspace,
     plan: Plan,
     tmp: Path,
-    ids: list[str],
+    customers: Customers,
     bootstrap: str,
     topics: Topics,
     count: int,
@@ -622,7 +680,7 @@ def _kafka_throughput(
 ) -> dict[str, Any]:
     """Publish the requests, start `count` runners (into `runners`), time them."""
     n = plan.kafka_messages
-    messages = list(itertools.islice(itertools.cycle(ids), n))
+    messages = customers.draw(n, seed=zlib.crc32(topics.request.encode()))
     publish_s = asyncio.run(
         kafka_bench.publish_all(bootstrap, topics.request, messages)
     )
@@ -781,10 +839,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     tools = loadgen.ensure_tools()
     results["versions"] = _versions(tools)
-    ids = load_telco()["customer_id"].tolist()
+    telco = load_telco()["customer_id"].tolist()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pf-bench-")))
-        (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
         if args.workspace and (args.workspace / "feature_repo").exists():
             ws = Workspace.create(tmp / "ignored")
             ws = Workspace(args.workspace, {**ws.env, **_workspace_env(args.workspace)})
@@ -797,12 +854,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         redis_ws = Workspace(ws.root, {**ws.env, **redis_env})
         setup: dict[str, Any] = {"redis": f"{redis} ({redis_from})"}
+        results["setup"] = setup
         for name, w in (("sqlite", ws), ("redis", redis_ws)):
             t = time.monotonic()
             log(f"bootstrap ({name}) in {ws.root}")
             w.run("bootstrap")
             setup[f"bootstrap_{name}_s"] = round(time.monotonic() - t, 1)
-        results["setup"] = setup
+            setup[f"synthetic_{name}"] = load_synthetic(w, plan.synthetic)
+            log(f"synthetic customers ({name}): {setup[f'synthetic_{name}']}")
+        customers = Customers.of(
+            telco, Path(ws.env["PREDICTFLOW_DATA_DIR"]) / "synthetic_ids.txt"
+        )
+        setup["customers"] = len(customers.ids)
+        # wrk and the Kafka clients cycle through a file of random draws.
+        customers.write(tmp / "ids.txt", 200_000, seed=0)
         try:
             if args.only in (None, "rest"):
                 rest: dict[str, Any] = {}
@@ -810,22 +875,27 @@ def main(argv: list[str] | None = None) -> int:
                 _section(
                     rest,
                     "generator_check",
-                    lambda: generator_check(tools, plan, tmp, ids),
+                    lambda: generator_check(tools, plan, tmp, telco),
                 )
                 for store, w in (("redis", redis_ws), ("sqlite", ws)):
                     _section(
                         rest,
                         store,
-                        functools.partial(rest_store, w, store, tools, plan, tmp, ids),
+                        functools.partial(
+                            rest_store, w, store, tools, plan, tmp, customers
+                        ),
                     )
             if args.only in (None, "costs"):
+                cost_ids = customers.draw(int(1000 * plan.rate_s) + 1000, seed=4)
                 _section(
                     results,
                     "costs",
-                    lambda: rest_costs(redis_ws, tools, plan, tmp, ids),
+                    lambda: rest_costs(redis_ws, tools, plan, tmp, cost_ids),
                 )
             if args.only in (None, "kafka"):
-                _section(results, "kafka", lambda: run_kafka(redis_ws, plan, tmp, ids))
+                _section(
+                    results, "kafka", lambda: run_kafka(redis_ws, plan, tmp, customers)
+                )
         finally:
             results["finished_at"] = datetime.now(UTC).isoformat()
             results["wall_s"] = round(time.monotonic() - t0, 1)
@@ -837,6 +907,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"not met: {'; '.join(missed)}\n")
         return 0 if args.no_fail else 1
     return 0
+
+
+def load_synthetic(ws: Workspace, n: int) -> dict[str, Any]:
+    """`predictflow bootstrap --synthetic n` into the workspace's store, timed.
+
+    A rerun on a reused workspace (`--workspace`) finds them and says so: its
+    time is not a load time.
+    """
+    t = time.monotonic()
+    done = ws.run("bootstrap", "--synthetic", str(n), timeout=3600)
+    return {
+        "customers": n,
+        "seconds": round(time.monotonic() - t, 1),
+        "written": "(written)" in done.stdout,
+    }
 
 
 def git_state() -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The benchmark's own accounting: median rounds, the knee, server counters, draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import report, scrape
+from bench.customers import Customers
+
+
+def run(p99: float, errors: int = 0, sent: int = 1000) -> dict[str, Any]:
+    return {
+        "latency_ms": {"p50": p99 / 2, "p99": p99, "p999": p99 * 2, "max": p99 * 3},
+        "errors": errors,
+        "sent": sent,
+        "scheduled": 1000,
+    }
+
+
+def test_a_rates_figure_is_its_median_round() -> None:
+    rounds = [run(30), run(10), run(20)]
+    assert report.median_run(rounds)["latency_ms"]["p99"] == 20
+    # A round that answered nothing counts as the slowest, not the best.
+    assert report.median_run([{"sent": 0}, run(10)])["latency_ms"]["p99"] == 10
+    assert report.median_run([{"sent": 0}, run(10), {"sent": 0}]) == {"sent": 0}
+
+
+def test_the_knee_is_the_highest_rate_held_in_every_round() -> None:
+    def row(rate: int, *runs: dict[str, Any]) -> dict[str, Any]:
+        return {"rate": rate, "rounds": {"service": list(runs)}, "service": runs[0]}
+
+    store = {
+        "rates": [
+            row(500, run(5), run(6), run(5)),
+            row(1000, run(9), run(12), run(8)),
+            # One round over budget: not held, whatever the median says.
+            row(2000, run(20), run(70), run(25)),
+            row(3000, run(30), run(31), run(29)),
+        ]
+    }
+    assert report.knee(store) == 1000
+    store["rates"][2] = row(2000, run(20), run(21), run(22, errors=1))
+    assert report.knee(store) == 1000
+    store["rates"][2] = row(2000, run(20), run(21), run(22, sent=900))
+    assert report.knee(store) == 1000
+    store["rates"][2] = row(2000, run(20), run(21), run(22))
+    assert report.knee(store) == 3000
+    store["rates"][0] = row(500, run(60), run(6), run(5))
+    assert report.knee(store) is None
+
+
+EXPOSITION = """# HELP predictflow_memo_lookups_total x
+# TYPE predictflow_memo_lookups_total counter
+predictflow_memo_lookups_total{memo="redis_key",result="hit"} 30.0
+predictflow_memo_lookups_total{memo="redis_key",result="miss"} 70.0
+predictflow_batch_size_sum{source="rest"} 400.0
+predictflow_batch_size_count{source="rest"} 100.0
+predictflow_batch_size_sum{source="kafka"} 9.0
+predictflow_batch_size_count{source="kafka"} 1.0
+predictflow_gc_pause_seconds_bucket{generation="0",le="0.001"} 90.0
+predictflow_gc_pause_seconds_bucket{generation="0",le="0.005"} 98.0
+predictflow_gc_pause_seconds_bucket{generation="0",le="0.01"} 100.0
+predictflow_gc_pause_seconds_bucket{generation="0",le="+Inf"} 100.0
+predictflow_gc_pause_seconds_bucket{generation="2",le="0.001"} 0.0
+predictflow_gc_pause_seconds_bucket{generation="2",le="0.005"} 1.0
+predictflow_gc_pause_seconds_bucket{generation="2",le="0.01"} 1.0
+predictflow_gc_pause_seconds_bucket{generation="2",le="+Inf"} 1.0
+"""
+
+
+def test_server_counters_are_read_as_differences_of_two_scrapes() -> None:
+    after = scrape.parse(EXPOSITION)
+    before = {k: v / 2 for k, v in after.items()}
+    d = scrape.delta(after, before)
+    counters = scrape.summary(d)
+    assert counters["memo"] == {"redis_key": {"lookups": 50, "hit_ratio": 0.3}}
+    assert counters["mean_batch_size"] == 4.0
+    gc = counters["gc"]
+    # 99 % of 50.5 pauses first reached at the 10 ms bucket (49.5 at 5 ms).
+    assert gc["pauses"] == 50
+    assert gc["p99_le_ms"] == 10.0
+    assert gc["within_ms"]["5"] == round(49.5 / 50.5, 4)
+    assert scrape.gc_pauses({})["p99_le_ms"] is None
+
+
+def test_draws_are_uniform_seeded_and_cover_the_synthetic_ids(tmp_path: Path) -> None:
+    listed = tmp_path / "synthetic_ids.txt"
+    listed.write_text("".join(f"SYN-{i}\n" for i in range(9_000)))
+    customers = Customers.of([f"T{i}" for i in range(1_000)], listed)
+    assert len(customers.ids) == 10_000
+    a = customers.draw(20_000, seed=1)
+    assert a == customers.draw(20_000, seed=1)
+    assert a != customers.draw(20_000, seed=2)
+    synthetic = sum(cid.startswith("SYN-") for cid in a) / len(a)
+    assert 0.88 < synthetic < 0.92
+    assert len(set(a)) > 8_000
