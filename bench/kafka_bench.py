@@ -6,9 +6,11 @@ until every reply is in the reply topic (acknowledged) and the group's
 committed offsets reach the end of every request partition; requests
 committed before that moment are not counted.
 
-Latency: this module run as its own process (`python -m bench.kafka_bench
-latency ...`) publishes at a constant rate and reads the replies; a reply's
-latency runs from its request's *scheduled* send time to its receipt.
+Latency and live load: this module run as its own process (`python -m
+bench.kafka_bench latency ...`) publishes at a constant rate while the
+runners consume, and reads the replies; a reply's latency runs from its
+request's *scheduled* send time to its receipt, and every request is
+accounted for by its correlation id.
 """
 
 from __future__ import annotations
@@ -158,28 +160,44 @@ async def latency(
     rate: int,
     duration_s: float,
     drain_s: float = 30,
+    linger_ms: int = 0,
 ) -> dict[str, Any]:
-    """Publish at `rate` msg/s for `duration_s`; reply latency from schedule."""
+    """A live producer: publish at `rate` msg/s for `duration_s`, read the replies.
+
+    Every request carries its own correlation id (`<run>:<index>`), so each is
+    accounted for: replied (score or error, counted apart), missing (lost) or
+    answered more than once (duplicates). Latency runs from a request's
+    *scheduled* send time to its reply's receipt, so a producer that falls
+    behind shows in the latency, not as a lower rate. `linger_ms` batches the
+    producer's sends (what a producer at thousands of msg/s does), and counts
+    in the latency.
+    """
     run = uuid.uuid4().hex[:8]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+    )
     await consumer.start()
     await producer.start()
     n = int(rate * duration_s)
     due = np.zeros(n)
     received = np.full(n, np.nan)
-    duplicates = 0
+    duplicates = errors = failed_sends = 0
+    remaining = n
     try:
         ends = await _end_offsets(consumer, reply_topic)
         consumer.assign([TopicPartition(reply_topic, p) for p in ends])
         await consumer.seek_to_end()
 
         async def read() -> None:
-            nonlocal duplicates
-            while np.isnan(received).any():
-                batch = await consumer.getmany(timeout_ms=100)
+            nonlocal duplicates, errors, remaining
+            while remaining:
+                batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
                 now = time.monotonic()
                 for records in batch.values():
                     for r in records:
@@ -190,6 +208,9 @@ async def latency(
                         i = int(index)
                         if np.isnan(received[i]):
                             received[i] = now
+                            remaining -= 1
+                            if b'"error"' in (r.value or b""):
+                                errors += 1
                         else:
                             duplicates += 1
 
@@ -198,7 +219,7 @@ async def latency(
         cpu0 = _cpu()
         t0 = time.monotonic() + 0.1
         send_lag = np.zeros(n)
-        acks = []
+        acks: list[asyncio.Future[Any]] = []
         for i in range(n):
             due[i] = t0 + i / rate
             if (pause := due[i] - time.monotonic()) > 0:
@@ -208,12 +229,18 @@ async def latency(
             acks.append(
                 await producer.send(
                     request_topic,
-                    json.dumps({"customer_id": cid}).encode(),
+                    b'{"customer_id": "%s"}' % cid.encode(),
                     key=cid.encode(),
                     headers=[("correlation_id", f"{run}:{i}".encode())],
                 )
             )
-        await asyncio.gather(*acks)
+            if len(acks) >= 5_000:
+                # Keep what is in flight only (bounded memory at any rate).
+                failed_sends += sum(1 for f in acks if f.done() and f.exception())
+                acks = [f for f in acks if not f.done()]
+        sent_s = time.monotonic() - t0
+        done = await asyncio.gather(*acks, return_exceptions=True)
+        failed_sends += sum(isinstance(x, BaseException) for x in done)
         try:
             await asyncio.wait_for(reader, drain_s)
         except TimeoutError:
@@ -229,8 +256,12 @@ async def latency(
     return {
         "rate": rate,
         "duration_s": duration_s,
+        "linger_ms": linger_ms,
         "sent": n,
+        "send_rate": round(n / sent_s, 1) if sent_s > 0 else None,
+        "failed_sends": failed_sends,
         "replied": int(got.sum()),
+        "error_replies": errors,
         "missing": int(n - got.sum()),
         "duplicates": duplicates,
         "latency_ms": _ms(lat),
@@ -266,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     lat.add_argument("--ids", type=Path, required=True, help="customer ids, one a line")
     lat.add_argument("--rate", type=int, default=1000)
     lat.add_argument("--duration", type=float, default=30)
+    lat.add_argument(
+        "--linger-ms", type=int, default=0, help="producer batching (0: none)"
+    )
     lat.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     ids = [x for x in args.ids.read_text().splitlines() if x]
@@ -277,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ids,
             args.rate,
             args.duration,
+            linger_ms=args.linger_ms,
         )
     )
     args.out.write_text(json.dumps(result, indent=2))

@@ -86,6 +86,11 @@ class Plan:
     #: Rounds of the request-option costs (auth, explain), each variant once
     #: per round in a rotating order; the spread across rounds is reported.
     cost_rounds: int = 3
+    #: Live producer: rates (msg/s) tried in order while the runners consume,
+    #: each for `kafka_live_s`, until one is not held; producer batching.
+    kafka_live_rates: tuple[int, ...] = (5_000, 10_000, 20_000, 30_000)
+    kafka_live_s: float = 60
+    kafka_live_linger_ms: int = 5
     #: Synthetic customers loaded beside the Telco ones (`bootstrap
     #: --synthetic`); every load draws its ids from all of them at random.
     synthetic: int = 1_000_000
@@ -127,6 +132,8 @@ QUICK = replace(
     cost_rounds=1,
     synthetic=50_000,
     rate_rounds=1,
+    kafka_live_rates=(5_000, 20_000),
+    kafka_live_s=10,
 )
 
 
@@ -587,6 +594,9 @@ def run_kafka(
             latency = _kafka_latency(plan, tmp, bootstrap, topics, broker_pid, runners)
             out["latency_runs"].append(latency)
             log(f"kafka latency, {count} runner(s): {latency}")
+            out.setdefault("live_runs", []).append(
+                _kafka_live(plan, tmp, bootstrap, topics, broker_pid, runners)
+            )
             while runners:
                 runners.pop().terminate()
         # Throughput is read on the most runners, latency at 1,000 msg/s on
@@ -636,8 +646,55 @@ def _kafka_latency(
     }
 
 
+def _kafka_live(
+    plan: Plan,
+    tmp: Path,
+    bootstrap: str,
+    topics: Topics,
+    broker_pid: int,
+    runners: list[ConsumerProcess],
+) -> dict[str, Any]:
+    """A live producer at each of `plan.kafka_live_rates` in turn, while the
+    runners consume; stops after the first rate not held (P99 < budget, no
+    request lost, no error reply): a higher one would not be either.
+    """
+    runs = []
+    held = None
+    for rate in plan.kafka_live_rates:
+        cpus = [CpuMeter(r.proc.pid).start() for r in runners]
+        broker_cpu = CpuMeter(broker_pid).start()
+        out = tmp / f"kafka-live-{len(runners)}-{rate}.json"
+        _latency_client(
+            plan,
+            tmp,
+            bootstrap,
+            topics,
+            plan.kafka_live_s,
+            out,
+            rate=rate,
+            linger_ms=plan.kafka_live_linger_ms,
+        )
+        result = json.loads(out.read_text())
+        result["runner_cpu_pct"] = round(sum(c.stop()["cpu_pct"] for c in cpus), 1)
+        result["broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
+        runs.append(result)
+        log(f"kafka live, {len(runners)} runner(s), {rate}/s: {result}")
+        if not report.live_held(result):
+            break
+        held = rate
+    return {"runners": len(runners), "held": held, "runs": runs}
+
+
 def _latency_client(
-    plan: Plan, tmp: Path, bootstrap: str, topics: Topics, seconds: float, out: Path
+    plan: Plan,
+    tmp: Path,
+    bootstrap: str,
+    topics: Topics,
+    seconds: float,
+    out: Path,
+    *,
+    rate: int | None = None,
+    linger_ms: int = 0,
 ) -> None:
     subprocess.run(
         [
@@ -654,9 +711,11 @@ def _latency_client(
             "--ids",
             str(tmp / "ids.txt"),
             "--rate",
-            str(plan.kafka_rate),
+            str(rate or plan.kafka_rate),
             "--duration",
             str(seconds),
+            "--linger-ms",
+            str(linger_ms),
             "--out",
             str(out),
         ],

@@ -95,3 +95,51 @@ def test_draws_are_uniform_seeded_and_cover_the_synthetic_ids(tmp_path: Path) ->
     synthetic = sum(cid.startswith("SYN-") for cid in a) / len(a)
     assert 0.88 < synthetic < 0.92
     assert len(set(a)) > 8_000
+
+
+def live(rate: int, p99: float, missing: int = 0, errors: int = 0) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "duration_s": 60,
+        "latency_ms": {"p50": 1.0, "p99": p99, "max": p99},
+        "missing": missing,
+        "replied": rate * 60 - missing,
+        "duplicates": 0,
+        "error_replies": errors,
+        "failed_sends": 0,
+    }
+
+
+def test_a_live_rate_is_held_only_with_every_request_answered_in_time() -> None:
+    assert report.live_held(live(5_000, 20))
+    assert not report.live_held(live(5_000, 60))
+    assert not report.live_held(live(5_000, 20, missing=1))
+    assert not report.live_held(live(5_000, 20, errors=1))
+    assert not report.live_held({"rate": 5_000, "latency_ms": None, "missing": 300})
+
+
+def test_the_live_target_reads_the_most_runners_and_names_the_failure() -> None:
+    results = {
+        "sections": ["kafka"],
+        "kafka": {
+            "throughput": {"msgs_per_s": 21_000, "runners": 2},
+            "latency": {"rate": 1000, "latency_ms": {"p99": 20}, "missing": 0},
+            "live_runs": [
+                {
+                    "runners": 1,
+                    "held": 5_000,
+                    "runs": [live(5_000, 9), live(10_000, 80)],
+                },
+                {
+                    "runners": 2,
+                    "held": 10_000,
+                    "runs": [live(5_000, 8), live(10_000, 12), live(20_000, 30, 7)],
+                },
+            ],
+        },
+    }
+    row = next(r for r in report.targets(results) if "live producer" in r["target"])
+    assert row["met"] is False
+    assert row["measured"].startswith("10,000 msg/s (20,000: P99 30 ms, 7 lost")
+    assert row["baseline"].startswith("1 runner: 5,000 msg/s")
+    assert "2 runner" in row["target"]
