@@ -975,7 +975,12 @@ def load_synthetic(ws: Workspace, n: int) -> dict[str, Any]:
     A rerun on a reused workspace (`--workspace`) finds them and says so: its
     time is not a load time.
     """
-    done = ws.run("bootstrap", "--synthetic", str(n), timeout=3600)
+    try:
+        done = ws.run("bootstrap", "--synthetic", str(n), timeout=3600)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(
+            f"bootstrap --synthetic failed: {exc.stderr[-3000:]}"
+        ) from exc
     found = SYNTHETIC_LINE.search(done.stdout)
     if found is None:
         raise RuntimeError(

@@ -109,9 +109,9 @@ def load(
 
     Needs a bootstrapped repository (`feast apply` done). Skips the writing
     when the ids file lists exactly these N ids and the store holds the last.
-    Chunks are converted and written by `workers` processes (default: one per
-    core): Feast's conversion to protobuf values is half of the time, in
-    Python.
+    On Redis, chunks are converted and written by `workers` processes
+    (default: one per core): Feast's conversion to protobuf values is half of
+    the time, in Python. SQLite takes one writer.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -131,6 +131,10 @@ def load(
     tmp_parquet, tmp_ids = parquet.with_suffix(".tmp"), listed.with_suffix(".tmp")
     now = datetime.now(UTC).replace(microsecond=0)
     processes = max(1, min(workers or os.cpu_count() or 1, 8))
+    if settings.feast.online_store == "sqlite":
+        # One writer: SQLite serializes writes, and a second process waiting
+        # on a chunk's transaction fails with "database is locked".
+        processes = 1
     writer: Any = None
     with (
         tmp_ids.open("w") as ids,
