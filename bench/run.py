@@ -592,12 +592,11 @@ def run_kafka(
             )
             out["throughput_runs"].append(result)
             log(f"kafka throughput, {count} runner(s): {result}")
-            latency = _kafka_latency(plan, tmp, bootstrap, topics, broker_pid, runners)
+            client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners)
+            latency = _kafka_latency(client)
             out["latency_runs"].append(latency)
             log(f"kafka latency, {count} runner(s): {latency}")
-            out.setdefault("live_runs", []).append(
-                _kafka_live(plan, tmp, bootstrap, topics, broker_pid, runners)
-            )
+            out.setdefault("live_runs", []).append(_kafka_live(client))
             while runners:
                 runners.pop().terminate()
         # Throughput is read on the most runners, latency at 1,000 msg/s on
@@ -618,113 +617,92 @@ def run_kafka(
     return out
 
 
-def _kafka_latency(
-    plan: Plan,
-    tmp: Path,
-    bootstrap: str,
-    topics: Topics,
-    broker_pid: int,
-    runners: list[ConsumerProcess],
-) -> dict[str, Any]:
+def _kafka_latency(client: ClientRun) -> dict[str, Any]:
     """Request->reply latency at a constant rate, from a separate process.
 
     A first, shorter run at the same rate warms the path up and is dropped.
     """
-    for seconds, measured in (
-        (plan.kafka_latency_warmup_s, False),
-        (plan.kafka_latency_s, True),
-    ):
-        cpus = [CpuMeter(r.proc.pid).start() for r in runners]
-        broker_cpu = CpuMeter(broker_pid).start()
-        lat_out = tmp / f"kafka-latency-{len(runners)}-{measured}.json"
-        _latency_client(plan, tmp, bootstrap, topics, seconds, lat_out)
+    client.run(client.plan.kafka_latency_warmup_s, "latency-warmup")
+    measured = client.run(client.plan.kafka_latency_s, "latency")
     return {
-        "runners": len(runners),
-        "runner_cpu_pct": round(sum(c.stop()["cpu_pct"] for c in cpus), 1),
-        "broker_cpu_pct": broker_cpu.stop()["cpu_pct"],
-        "latency": json.loads(lat_out.read_text()),
-        "runner_rss": [rss_mb(r.proc.pid) for r in runners],
+        "runners": len(client.runners),
+        "runner_cpu_pct": measured.pop("runner_cpu_pct"),
+        "broker_cpu_pct": measured.pop("broker_cpu_pct"),
+        "latency": measured,
+        "runner_rss": [rss_mb(r.proc.pid) for r in client.runners],
     }
 
 
-def _kafka_live(
-    plan: Plan,
-    tmp: Path,
-    bootstrap: str,
-    topics: Topics,
-    broker_pid: int,
-    runners: list[ConsumerProcess],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ClientRun:
+    """The Kafka client process (`bench.kafka_bench latency`) against running
+    runners: its figures, plus the runners' and the broker's CPU meanwhile."""
+
+    plan: Plan
+    tmp: Path
+    bootstrap: str
+    topics: Topics
+    broker_pid: int
+    runners: list[ConsumerProcess]
+
+    def run(
+        self, seconds: float, name: str, *, rate: int | None = None, linger_ms: int = 0
+    ) -> dict[str, Any]:
+        cpus = [CpuMeter(r.proc.pid).start() for r in self.runners]
+        broker_cpu = CpuMeter(self.broker_pid).start()
+        out = self.tmp / f"kafka-{name}-{len(self.runners)}-{rate}.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.kafka_bench",
+                "latency",
+                "--bootstrap",
+                self.bootstrap,
+                "--request-topic",
+                self.topics.request,
+                "--reply-topic",
+                self.topics.reply,
+                "--ids",
+                str(self.tmp / "ids.txt"),
+                "--rate",
+                str(rate or self.plan.kafka_rate),
+                "--duration",
+                str(seconds),
+                "--linger-ms",
+                str(linger_ms),
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=seconds + 120,
+        )
+        result: dict[str, Any] = json.loads(out.read_text())
+        result["runner_cpu_pct"] = round(sum(c.stop()["cpu_pct"] for c in cpus), 1)
+        result["broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
+        return result
+
+
+def _kafka_live(client: ClientRun) -> dict[str, Any]:
     """A live producer at each of `plan.kafka_live_rates` in turn, while the
     runners consume; stops after the first rate not held (P99 < budget, no
     request lost, no error reply): a higher one would not be either.
     """
+    plan, count = client.plan, len(client.runners)
     runs = []
     held = None
     for rate in plan.kafka_live_rates:
-        cpus = [CpuMeter(r.proc.pid).start() for r in runners]
-        broker_cpu = CpuMeter(broker_pid).start()
-        out = tmp / f"kafka-live-{len(runners)}-{rate}.json"
-        _latency_client(
-            plan,
-            tmp,
-            bootstrap,
-            topics,
-            plan.kafka_live_s,
-            out,
-            rate=rate,
-            linger_ms=plan.kafka_live_linger_ms,
+        result = client.run(
+            plan.kafka_live_s, "live", rate=rate, linger_ms=plan.kafka_live_linger_ms
         )
-        result = json.loads(out.read_text())
-        result["runner_cpu_pct"] = round(sum(c.stop()["cpu_pct"] for c in cpus), 1)
-        result["broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
         runs.append(result)
-        log(f"kafka live, {len(runners)} runner(s), {rate}/s: {result}")
+        log(f"kafka live, {count} runner(s), {rate}/s: {result}")
         if not report.live_held(result):
             break
         held = rate
-    return {"runners": len(runners), "held": held, "runs": runs}
-
-
-def _latency_client(
-    plan: Plan,
-    tmp: Path,
-    bootstrap: str,
-    topics: Topics,
-    seconds: float,
-    out: Path,
-    *,
-    rate: int | None = None,
-    linger_ms: int = 0,
-) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.kafka_bench",
-            "latency",
-            "--bootstrap",
-            bootstrap,
-            "--request-topic",
-            topics.request,
-            "--reply-topic",
-            topics.reply,
-            "--ids",
-            str(tmp / "ids.txt"),
-            "--rate",
-            str(rate or plan.kafka_rate),
-            "--duration",
-            str(seconds),
-            "--linger-ms",
-            str(linger_ms),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=seconds + 120,
-    )
+    return {"runners": count, "held": held, "runs": runs}
 
 
 def _kafka_throughput(
