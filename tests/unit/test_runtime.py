@@ -92,3 +92,24 @@ def test_the_gc_callback_takes_no_metrics_lock(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.undo()
     runtime.flush_gc_pauses()
     assert not runtime._pauses
+
+
+def test_opening_the_store_config_leaves_the_offline_store_unimported() -> None:
+    # A serving worker never reads offline; building Feast's config from the
+    # YAML's `offline_store: {type: file}` dict imported Dask (0.7 s a start).
+    code = textwrap.dedent(
+        """
+        import sys
+        from predictflow import features
+        from predictflow.settings import FeastSettings
+        config = features.repo_config(FeastSettings())
+        print("dask" in sys.modules)
+        # The same store on first use (the `feast` CLI, `bootstrap`).
+        print(type(config.offline_store).__name__)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "DaskOfflineStoreConfig"]
