@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from predictflow import metrics
+from predictflow import metrics, runtime
 from predictflow.encoding import ENCODED_FEATURES, FEATURES, encode_columns
 from predictflow.errors import ModelUnavailable
 from predictflow.model import ChurnModel
@@ -189,9 +189,14 @@ class ModelFollower:
         every = self.settings.model.refresh_seconds
         if every <= 0:
             return
+        first = True
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
             if stop.is_set():
                 return
             await asyncio.to_thread(self.check)
+            if first:
+                # The first check imported the MLflow client: freeze it too.
+                runtime.resettle_heap()
+                first = False

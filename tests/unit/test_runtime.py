@@ -113,3 +113,37 @@ def test_opening_the_store_config_leaves_the_offline_store_unimported() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "DaskOfflineStoreConfig"]
+
+
+def test_the_follower_freezes_what_its_first_check_loaded() -> None:
+    # The first registry check imports the MLflow client (235,000 objects);
+    # left unfrozen, every later full collection walked them (50-250 ms).
+    code = textwrap.dedent(
+        """
+        import asyncio, gc
+        from predictflow import runtime
+        from predictflow.lifecycle import ModelFollower
+        from predictflow.settings import Settings
+
+        runtime.settle_heap()
+        loaded = []
+        follower = ModelFollower(None, Settings(model={"refresh_seconds": 0.01}))
+        stop = asyncio.Event()
+
+        def check():  # what a late, one-time import leaves behind
+            loaded.extend({"n": [i]} for i in range(20_000))
+            stop.set()
+            return "unchanged"
+
+        follower.check = check
+        before = gc.get_freeze_count()
+        asyncio.run(follower.run(stop))
+        print(gc.get_freeze_count() - before >= 40_000)
+        print(any(o is loaded[0] for o in gc.get_objects()))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
