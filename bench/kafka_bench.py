@@ -11,6 +11,12 @@ bench.kafka_bench latency ...`) publishes at a constant rate while the
 runners consume, and reads the replies; a reply's latency runs from its
 request's *scheduled* send time to its receipt, and every request is
 accounted for by its correlation id.
+
+The floor: `python -m bench.kafka_bench echo ...` is a consumer that answers
+every request at once, with no scoring, the way the runner does otherwise
+(idempotent producer, acks=all, offsets committed once the replies are
+acknowledged). The same client against it gives what the broker, aiokafka and
+the client cost on this machine: the baseline of the live producer's latency.
 """
 
 from __future__ import annotations
@@ -147,6 +153,59 @@ async def watch_completion(
     finally:
         await consumer.stop()
         await admin.close()
+
+
+# -- the floor: an echo consumer, a separate process -------------------------
+
+
+async def echo(
+    bootstrap: str, request_topic: str, reply_topic: str, group: str
+) -> None:
+    """Answer each request at once (no scoring) until killed; see the module doc."""
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            # The runner's log line: `assignment_complete` reads it.
+            owned = ", ".join(str(tp.partition) for tp in sorted(assigned))
+            sys.stdout.write(
+                f"event=partitions_assigned instance=echo partitions=[{owned}]\n"
+            )
+            sys.stdout.flush()
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    consumer.subscribe([request_topic], listener=_Assigned())
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            acks = [
+                await producer.send(
+                    reply_topic,
+                    b'{"churn_probability": 0.5}',
+                    key=r.key,
+                    headers=list(r.headers or ()),
+                )
+                for records in batch.values()
+                for r in records
+            ]
+            if acks:
+                await asyncio.gather(*acks)
+                await consumer.commit(
+                    {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                )
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 # -- latency: a separate process -------------------------------------------
@@ -301,7 +360,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--linger-ms", type=int, default=0, help="producer batching (0: none)"
     )
     lat.add_argument("--out", type=Path, required=True)
+    floor = sub.add_parser("echo", help="answer every request at once (the floor)")
+    floor.add_argument("--bootstrap", required=True)
+    floor.add_argument("--request-topic", required=True)
+    floor.add_argument("--reply-topic", required=True)
+    floor.add_argument("--group", required=True)
     args = parser.parse_args(argv)
+    if args.command == "echo":
+        asyncio.run(
+            echo(args.bootstrap, args.request_topic, args.reply_topic, args.group)
+        )
+        return
     ids = [x for x in args.ids.read_text().splitlines() if x]
     result = asyncio.run(
         latency(

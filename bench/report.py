@@ -105,6 +105,36 @@ def _live_fmt(live: Mapping[str, Any]) -> str:
     return text
 
 
+def _floor_fmt(floor: Mapping[str, Any]) -> str:
+    """The echo consumers' P99 at each rate: the floor of the live latency."""
+    runs = ", ".join(
+        f"{_num((r.get('latency_ms') or {}).get('p99'))} ms at {r['rate']:,}"
+        for r in floor["runs"]
+    )
+    return f"floor, {floor['processes']} echo consumer(s), no scoring: P99 {runs}"
+
+
+def _floor_ratio(live: Mapping[str, Any], floor: Mapping[str, Any] | None) -> str:
+    """The runners' P99 over the floor's, at the last rate the runners were tried."""
+    if not floor or not live["runs"]:
+        return "n/a"
+    last = live["runs"][-1]
+    base = {r["rate"]: r for r in floor["runs"]}.get(last["rate"])
+    ours = (last.get("latency_ms") or {}).get("p99")
+    theirs = ((base or {}).get("latency_ms") or {}).get("p99")
+    if not ours or not theirs:
+        return "n/a"
+    return f"{ours / theirs:.2f}× (P99 at {last['rate']:,})"
+
+
+def _floor_as_live(kafka: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The floor's runs in the live table, named by their echo consumers."""
+    floor = kafka.get("live_floor")
+    if not floor:
+        return []
+    return [{"runners": f"echo ×{floor['processes']}", "runs": floor["runs"]}]
+
+
 def _rate_fmt(row: Mapping[str, Any], kind: str) -> str:
     """A rate's figure for one server: median round, range across rounds."""
     r = row.get(kind)
@@ -340,6 +370,7 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
         live = {run["runners"]: run for run in k.get("live_runs") or []}
+        floor = k.get("live_floor")
         if live:
             most = live[max(live)]
             fewest = live[min(live)] if len(live) > 1 else None
@@ -352,10 +383,20 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                     f"{', '.join(f'{r:,}' for r in rates)} msg/s), "
                     f"{most['runners']} runner process(es)",
                     "measured": _live_fmt(most),
-                    "baseline": "n/a"
-                    if fewest is None
-                    else f"{fewest['runners']} runner: {_live_fmt(fewest)}",
-                    "ratio": "n/a",
+                    "baseline": "; ".join(
+                        [
+                            *(
+                                []
+                                if fewest is None
+                                else [
+                                    f"{fewest['runners']} runner: {_live_fmt(fewest)}"
+                                ]
+                            ),
+                            *([_floor_fmt(floor)] if floor else []),
+                        ]
+                    )
+                    or "n/a",
+                    "ratio": _floor_ratio(most, floor),
                     "goal": f"≥ {KAFKA_THROUGHPUT:,} msg/s",
                     "met": (most["held"] or 0) >= KAFKA_THROUGHPUT,
                 }
@@ -784,7 +825,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                     _num(r.get("client_cpu_pct")),
                     "yes" if live_held(r) else "**no**",
                 ]
-                for live in k.get("live_runs") or []
+                for live in [*(k.get("live_runs") or []), *_floor_as_live(k)]
                 for r in live["runs"]
             ]
             if live_rows:
@@ -793,7 +834,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                     "Live producer (a separate process publishing at a fixed "
                     "rate while the runners consume; latency from the scheduled "
                     "send; every request accounted for by its correlation id; "
-                    "rates tried in order until one is not held):",
+                    "rates tried in order until one is not held; `echo` rows: "
+                    "the floor, consumers that answer at once without scoring, "
+                    "at the rates the runners were tried):",
                     "",
                 ]
                 lines += _table(

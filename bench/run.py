@@ -46,6 +46,7 @@ from devtools.processes import (
     Workspace,
     free_port,
     stop_group,
+    wait_for,
 )
 from devtools.topics import Topics
 from predictflow.data import load_telco
@@ -599,6 +600,11 @@ def run_kafka(
             out.setdefault("live_runs", []).append(_kafka_live(client))
             while runners:
                 runners.pop().terminate()
+        out["live_floor"] = _kafka_floor(
+            plan, tmp, bootstrap, broker_pid, runners, out["live_runs"]
+        )
+        while runners:
+            runners.pop().terminate()
         # Throughput is read on the most runners, latency at 1,000 msg/s on
         # the fewest: what a deployment scaled on lag runs at each load.
         out["throughput"] = max(out["throughput_runs"], key=lambda r: r["runners"])
@@ -631,6 +637,60 @@ def _kafka_latency(client: ClientRun) -> dict[str, Any]:
         "latency": measured,
         "runner_rss": [rss_mb(r.proc.pid) for r in client.runners],
     }
+
+
+def _kafka_floor(
+    plan: Plan,
+    tmp: Path,
+    bootstrap: str,
+    broker_pid: int,
+    runners: list[ConsumerProcess],
+    live_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The live producer against echo consumers (no scoring): the baseline.
+
+    As many echo processes as the most runners measured, at each rate the
+    runners were tried at: what the broker, aiokafka and the client cost here.
+    """
+    count = max(plan.kafka_runners)
+    topics = Topics.fresh("floor", bootstrap)
+    for i in range(count):
+        runners.append(
+            ConsumerProcess(
+                {**os.environ},
+                tmp / f"echo-{i}.log",
+                command=(
+                    "-m",
+                    "bench.kafka_bench",
+                    "echo",
+                    "--bootstrap",
+                    bootstrap,
+                    "--request-topic",
+                    topics.request,
+                    "--reply-topic",
+                    topics.reply,
+                    "--group",
+                    topics.group,
+                ),
+            )
+        )
+    wait_for(
+        lambda: kafka_bench.assignment_complete(
+            [r.logs() for r in runners], kafka_bench.PARTITIONS
+        ),
+        120,
+        "echo consumers",
+    )
+    client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners)
+    rates = sorted({r["rate"] for live in live_runs for r in live["runs"]})
+    runs = []
+    for rate in rates:
+        result = client.run(
+            plan.kafka_live_s, "floor", rate=rate, linger_ms=plan.kafka_live_linger_ms
+        )
+        runs.append(result)
+        log(f"kafka floor (echo), {count} process(es), {rate}/s: {result}")
+    return {"processes": count, "runs": runs}
 
 
 @dataclass(frozen=True)

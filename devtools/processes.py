@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,13 +302,18 @@ class KafkaBroker:
 
 
 class ConsumerProcess:
-    """A standalone Kafka runner: `python -m consumers`."""
+    """A standalone Kafka runner: `python -m consumers` (or `command`)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        command: Sequence[str] = ("-m", "consumers"),
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumers"],
+            [sys.executable, *command],
             cwd=ROOT,
             env=dict(env),
             stdout=self._log,

@@ -143,3 +143,26 @@ def test_the_live_target_reads_the_most_runners_and_names_the_failure() -> None:
     assert row["measured"].startswith("10,000 msg/s (20,000: P99 30 ms, 7 lost")
     assert row["baseline"].startswith("1 runner: 5,000 msg/s")
     assert "2 runner" in row["target"]
+
+
+def test_the_live_target_is_compared_with_the_echo_floor_at_its_last_rate() -> None:
+    results = {
+        "sections": ["kafka"],
+        "kafka": {
+            "live_runs": [
+                {"runners": 2, "held": 5_000, "runs": [live(5_000, 20), live(10_000, 60)]}
+            ],
+            "live_floor": {
+                "processes": 2,
+                "runs": [live(5_000, 10), live(10_000, 30)],
+            },
+        },
+    }
+    row = next(r for r in report.targets(results) if "live producer" in r["target"])
+    assert row["ratio"] == "2.00× (P99 at 10,000)"
+    assert row["baseline"] == (
+        "floor, 2 echo consumer(s), no scoring: P99 10 ms at 5,000, 30 ms at 10,000"
+    )
+    results["kafka"].pop("live_floor")
+    row = next(r for r in report.targets(results) if "live producer" in r["target"])
+    assert (row["ratio"], row["baseline"]) == ("n/a", "n/a")
