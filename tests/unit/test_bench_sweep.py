@@ -150,7 +150,11 @@ def test_the_live_target_is_compared_with_the_echo_floor_at_its_last_rate() -> N
         "sections": ["kafka"],
         "kafka": {
             "live_runs": [
-                {"runners": 2, "held": 5_000, "runs": [live(5_000, 20), live(10_000, 60)]}
+                {
+                    "runners": 2,
+                    "held": 5_000,
+                    "runs": [live(5_000, 20), live(10_000, 60)],
+                }
             ],
             "live_floor": {
                 "processes": 2,
