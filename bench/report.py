@@ -107,6 +107,8 @@ def _live_fmt(live: Mapping[str, Any]) -> str:
 
 def _floor_fmt(floor: Mapping[str, Any]) -> str:
     """The echo consumers' P99 at each rate: the floor of the live latency."""
+    if "error" in floor:
+        return f"floor failed: {floor['error']}"
     runs = ", ".join(
         f"{_num((r.get('latency_ms') or {}).get('p99'))} ms at {r['rate']:,}"
         for r in floor["runs"]
@@ -116,7 +118,7 @@ def _floor_fmt(floor: Mapping[str, Any]) -> str:
 
 def _floor_ratio(live: Mapping[str, Any], floor: Mapping[str, Any] | None) -> str:
     """The runners' P99 over the floor's, at the last rate the runners were tried."""
-    if not floor or not live["runs"]:
+    if not floor or "error" in floor or not live["runs"]:
         return "n/a"
     last = live["runs"][-1]
     base = {r["rate"]: r for r in floor["runs"]}.get(last["rate"])
@@ -130,7 +132,7 @@ def _floor_ratio(live: Mapping[str, Any], floor: Mapping[str, Any] | None) -> st
 def _floor_as_live(kafka: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The floor's runs in the live table, named by their echo consumers."""
     floor = kafka.get("live_floor")
-    if not floor:
+    if not floor or "error" in floor:
         return []
     return [{"runners": f"echo ×{floor['processes']}", "runs": floor["runs"]}]
 

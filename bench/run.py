@@ -600,9 +600,13 @@ def run_kafka(
             out.setdefault("live_runs", []).append(_kafka_live(client))
             while runners:
                 runners.pop().terminate()
-        out["live_floor"] = _kafka_floor(
-            plan, tmp, bootstrap, broker_pid, runners, out["live_runs"]
-        )
+        try:
+            out["live_floor"] = _kafka_floor(
+                plan, tmp, bootstrap, broker_pid, runners, out["live_runs"]
+            )
+        except Exception as exc:  # noqa: BLE001 - a baseline must not drop our figures
+            log(f"kafka floor failed: {traceback.format_exc()}")
+            out["live_floor"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         while runners:
             runners.pop().terminate()
         # Throughput is read on the most runners, latency at 1,000 msg/s on

@@ -167,6 +167,14 @@ def test_the_live_target_is_compared_with_the_echo_floor_at_its_last_rate() -> N
     assert row["baseline"] == (
         "floor, 2 echo consumer(s), no scoring: P99 10 ms at 5,000, 30 ms at 10,000"
     )
+    # A floor that crashed is named, and leaves the runners' row standing.
+    results["kafka"]["live_floor"] = {"error": "RuntimeError: echo exited"}
+    row = next(r for r in report.targets(results) if "live producer" in r["target"])
+    assert (row["ratio"], row["baseline"]) == (
+        "n/a",
+        "floor failed: RuntimeError: echo exited",
+    )
+    assert row["measured"].startswith("5,000 msg/s")
     results["kafka"].pop("live_floor")
     row = next(r for r in report.targets(results) if "live producer" in r["target"])
     assert (row["ratio"], row["baseline"]) == ("n/a", "n/a")
