@@ -377,6 +377,13 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             most = live[max(live)]
             fewest = live[min(live)] if len(live) > 1 else None
             rates = [run["rate"] for run in most["runs"]]
+            baseline = (
+                []
+                if fewest is None
+                else [f"{fewest['runners']} runner: {_live_fmt(fewest)}"]
+            )
+            if floor:
+                baseline.append(_floor_fmt(floor))
             rows.append(
                 {
                     "target": f"Kafka: live producer, highest rate held for "
@@ -385,19 +392,7 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                     f"{', '.join(f'{r:,}' for r in rates)} msg/s), "
                     f"{most['runners']} runner process(es)",
                     "measured": _live_fmt(most),
-                    "baseline": "; ".join(
-                        [
-                            *(
-                                []
-                                if fewest is None
-                                else [
-                                    f"{fewest['runners']} runner: {_live_fmt(fewest)}"
-                                ]
-                            ),
-                            *([_floor_fmt(floor)] if floor else []),
-                        ]
-                    )
-                    or "n/a",
+                    "baseline": "; ".join(baseline) or "n/a",
                     "ratio": _floor_ratio(most, floor),
                     "goal": f"≥ {KAFKA_THROUGHPUT:,} msg/s",
                     "met": (most["held"] or 0) >= KAFKA_THROUGHPUT,

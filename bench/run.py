@@ -678,13 +678,7 @@ def _kafka_floor(
                 ),
             )
         )
-    wait_for(
-        lambda: kafka_bench.assignment_complete(
-            [r.logs() for r in runners], kafka_bench.PARTITIONS
-        ),
-        120,
-        "echo consumers",
-    )
+    wait_for(functools.partial(_all_assigned, runners), 120, "echo consumers")
     client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners)
     rates = sorted({r["rate"] for live in live_runs for r in live["runs"]})
     runs = []
@@ -695,6 +689,16 @@ def _kafka_floor(
         runs.append(result)
         log(f"kafka floor (echo), {count} process(es), {rate}/s: {result}")
     return {"processes": count, "runs": runs}
+
+
+def _all_assigned(runners: list[ConsumerProcess]) -> bool:
+    """Every partition owned once by the consumers; raises if one has exited."""
+    for r in runners:
+        if r.proc.poll() is not None:
+            raise RuntimeError(f"consumer exited: {r.logs()[-3000:]}")
+    return kafka_bench.assignment_complete(
+        [r.logs() for r in runners], kafka_bench.PARTITIONS
+    )
 
 
 @dataclass(frozen=True)
@@ -803,14 +807,6 @@ def _kafka_throughput(
     cpus = [CpuMeter(r.proc.pid).start() for r in runners]
     broker_cpu = CpuMeter(broker_pid).start()
 
-    def ready() -> bool:
-        for r in runners:
-            if r.proc.poll() is not None:
-                raise RuntimeError(f"runner exited: {r.logs()[-3000:]}")
-        return kafka_bench.assignment_complete(
-            [r.logs() for r in runners], kafka_bench.PARTITIONS
-        )
-
     done = asyncio.run(
         kafka_bench.watch_completion(
             bootstrap,
@@ -818,7 +814,7 @@ def _kafka_throughput(
             topics.reply,
             topics.group,
             n,
-            ready,
+            functools.partial(_all_assigned, runners),
             timeout_s=max(120.0, n / 500),
         )
     )
