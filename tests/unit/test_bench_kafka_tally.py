@@ -1,0 +1,54 @@
+"""The live Kafka client's accounting: every request by its correlation id."""
+
+from __future__ import annotations
+
+import math
+
+from bench.kafka_bench import ReplyTally
+
+
+def test_first_replies_count_and_the_rest_are_missing() -> None:
+    tally = ReplyTally("run1", 4)
+    tally.add(b"run1:0", b'{"churn_probability": 0.1}', 1.0)
+    tally.add("run1:2", b'{"churn_probability": 0.2}', 2.0)
+    assert tally.counts() == {
+        "replied": 2,
+        "error_replies": 0,
+        "missing": 2,
+        "duplicates": 0,
+    }
+    assert tally.remaining == 2
+    assert tally.received[0] == 1.0 and tally.received[2] == 2.0
+    assert math.isnan(tally.received[1]) and math.isnan(tally.received[3])
+
+
+def test_a_second_reply_is_a_duplicate_and_keeps_the_first_receipt() -> None:
+    tally = ReplyTally("run1", 2)
+    tally.add(b"run1:1", b"{}", 1.0)
+    tally.add(b"run1:1", b"{}", 5.0)
+    assert tally.counts()["duplicates"] == 1
+    assert tally.counts()["replied"] == 1
+    assert tally.received[1] == 1.0
+
+
+def test_an_error_reply_answers_its_request_and_is_counted_apart() -> None:
+    tally = ReplyTally("run1", 2)
+    tally.add(b"run1:0", b'{"error": {"code": "unknown_customer"}}', 1.0)
+    assert tally.counts() == {
+        "replied": 1,
+        "error_replies": 1,
+        "missing": 1,
+        "duplicates": 0,
+    }
+
+
+def test_replies_of_other_runs_or_without_an_id_of_this_run_are_ignored() -> None:
+    tally = ReplyTally("run1", 2)
+    for cid in (b"run0:0", None, b"", b"run1", b"run1:x", b"run1:2", b"run1:-1"):
+        tally.add(cid, b"{}", 1.0)
+    assert tally.counts() == {
+        "replied": 0,
+        "error_replies": 0,
+        "missing": 2,
+        "duplicates": 0,
+    }
