@@ -863,6 +863,7 @@ def _versions(tools: loadgen.Tools) -> dict[str, str]:
         "httptools",
         "xgboost-cpu",
         "aiokafka",
+        "confluent-kafka",
         "redis",
         "psutil",
     )

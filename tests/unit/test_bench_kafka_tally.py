@@ -44,7 +44,8 @@ def test_an_error_reply_answers_its_request_and_is_counted_apart() -> None:
 
 def test_replies_of_other_runs_or_without_an_id_of_this_run_are_ignored() -> None:
     tally = ReplyTally("run1", 2)
-    for cid in (b"run0:0", None, b"", b"run1", b"run1:x", b"run1:2", b"run1:-1"):
+    foreign = (b"run0:0", None, b"", b"run1", b"run1:x", "run1:²", b"run1:2")
+    for cid in (*foreign, b"run1:-1"):
         tally.add(cid, b"{}", 1.0)
     assert tally.counts() == {
         "replied": 0,
