@@ -252,7 +252,7 @@ class ReplyTally:
 
     def counts(self) -> dict[str, int]:
         """Replied (first replies), error replies, missing (lost), duplicates."""
-        replied = int((~np.isnan(self.received)).sum())
+        replied = len(self.received) - self.remaining
         return {
             "replied": replied,
             "error_replies": self.errors,
@@ -351,9 +351,7 @@ def latency(
                 if r.error() is not None:
                     read_errors += 1
                     continue
-                headers = r.headers() or []
-                pairs = headers.items() if isinstance(headers, dict) else headers
-                cid = next((v for k, v in pairs if k == "correlation_id"), None)
+                cid = dict(r.headers() or ()).get("correlation_id")
                 tally.add(cid, r.value(), now)
 
     def delivered(err: Any, _msg: Any) -> None:

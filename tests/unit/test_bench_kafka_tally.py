@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
-from bench.kafka_bench import ReplyTally
+import confluent_kafka
+import pytest
+
+from bench.kafka_bench import ReplyTally, latency
 
 
 def test_first_replies_count_and_the_rest_are_missing() -> None:
@@ -53,3 +57,60 @@ def test_replies_of_other_runs_or_without_an_id_of_this_run_are_ignored() -> Non
         "missing": 2,
         "duplicates": 0,
     }
+
+
+class _Topics:
+    def __init__(self, topic: str) -> None:
+        self.topics = {topic: SimpleNamespace(partitions={0: None, 1: None})}
+
+
+class _FailingConsumer:
+    """A consumer whose first poll fails: the reply reader dies at once."""
+
+    def __init__(self, config: dict[str, object]) -> None:
+        pass
+
+    def list_topics(self, topic: str, timeout: float) -> _Topics:
+        return _Topics(topic)
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        return (0, 0)
+
+    def assign(self, partitions: list[object]) -> None:
+        pass
+
+    def poll(self, timeout: float) -> None:
+        raise RuntimeError("broker gone")
+
+    def close(self) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self, config: dict[str, object]) -> None:
+        self.produced = 0
+        _Producer.last = self
+
+    def list_topics(self, topic: str, timeout: float) -> _Topics:
+        return _Topics(topic)
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.produced += 1
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_reply_reader_that_dies_fails_the_run_and_stops_the_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not every request counted lost after a silent death: the run fails,
+    # for the harness to report the section not met with the reason.
+    monkeypatch.setattr(confluent_kafka, "Consumer", _FailingConsumer)
+    monkeypatch.setattr(confluent_kafka, "Producer", _Producer)
+    with pytest.raises(RuntimeError, match="reply reader failed"):
+        latency("b", "req", "rep", ["c1"], rate=1000, duration_s=2, drain_s=0.1)
+    assert _Producer.last.produced < 1000
