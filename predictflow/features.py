@@ -4,6 +4,11 @@
 read is made (Feast's own objects, fast) is `predictflow.feast_reads`; this
 module opens the store, keeps reads safe across threads, outages and a
 replaced SQLite file, and maps failures to `FeatureStoreUnavailable`.
+
+A SQLite store's file is handed to the kernel's read-ahead after its first
+read (`prefetch`): at 10^6 customers the file is 4 GB, and a read of a customer
+whose pages are not cached waits on the disk (P99.9 19 ms, max 380 ms alone
+on this machine's disk, against 6 and 7 ms once cached).
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 _FILE_CHECK_SECONDS = 1.0
 #: Seconds between two log lines of one ongoing store outage.
 _OUTAGE_LOG_SECONDS = 10.0
+#: Bytes of the SQLite file asked for per read-ahead call. One call for the
+#: whole file reads only the first few MB (the kernel caps a request); each
+#: call returns once its reads are queued, so a full disk queue paces the loop.
+_PREFETCH_CHUNK = 8 << 20
 
 
 class OnlineFeatures:
@@ -115,6 +124,12 @@ class OnlineFeatures:
         self._errors = _unavailable_errors()
         self._file = _sqlite_file(store)
         self._file_id = _file_id(self._file)
+        #: Read-ahead of the SQLite file, asked for after the first read that
+        #: answers: started earlier, it queued that read (a readiness probe)
+        #: behind gigabytes of its own, and a cold start took seconds longer.
+        self._prefetch_due = bool(
+            self._file is not None and settings and settings.sqlite_prefetch
+        )
         self._file_checked = time.monotonic()
         self._reopen_lock = threading.Lock()
         self._failing_since: float | None = None
@@ -156,6 +171,10 @@ class OnlineFeatures:
             if self._file is not None:
                 self._reopen_if_replaced()
             rows = self._reader.get(customer_ids)
+            if self._prefetch_due and self._file is not None:
+                # Two threads may both start one: the second costs nothing.
+                self._prefetch_due = False
+                prefetch(self._file)
         except self._errors as exc:
             self._failed(exc)
             raise FeatureStoreUnavailable(
@@ -207,6 +226,46 @@ class OnlineFeatures:
                 self._file_id = current if current is not None else self._file_id
             old, self._reader = self._reader, reader
             _close(old.store)
+            self._prefetch_due = self._settings.sqlite_prefetch
+
+
+def prefetch(path: Path) -> threading.Thread | None:
+    """Have the kernel read a file into the page cache, from a background thread.
+
+    Best effort, and not waited for (readiness does not depend on it): the
+    file's pages are asked for with `POSIX_FADV_WILLNEED`, chunk by chunk;
+    the kernel reads them asynchronously and keeps what fits in memory. Each
+    serving process asks; pages already cached cost nothing more. None where
+    the platform has no `posix_fadvise`.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    thread = threading.Thread(
+        target=_prefetch, args=(path,), name="sqlite-prefetch", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _prefetch(path: Path) -> None:
+    started = time.monotonic()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, _PREFETCH_CHUNK):
+                os.posix_fadvise(fd, offset, _PREFETCH_CHUNK, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("event=sqlite_prefetch_failed path=%s error=%r", path, exc)
+        return
+    log.info(
+        "event=sqlite_prefetch_queued path=%s bytes=%d seconds=%.1f",
+        path,
+        size,
+        time.monotonic() - started,
+    )
 
 
 def _sqlite_file(store: Any) -> Path | None:

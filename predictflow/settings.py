@@ -73,6 +73,15 @@ class FeastSettings(BaseModel):
     feature_service: str = Field(
         default="churn_model_v1", description="Feast FeatureService the model reads."
     )
+    sqlite_prefetch: bool = Field(
+        default=True,
+        description=(
+            "Once the SQLite online store has answered its first read, have the "
+            "kernel read its file into the page cache in the background (Linux; "
+            "the kernel keeps what fits in memory). Without it, a customer whose "
+            "pages are not cached waits on the disk."
+        ),
+    )
 
 
 class ServingSettings(BaseModel):

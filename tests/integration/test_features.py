@@ -118,3 +118,76 @@ def test_the_redis_read_counts_its_memo_lookups(redis_workspace: Workspace) -> N
     assert 0 < first[("field_value", "miss")] < 100 * fields
     assert second[("field_value", "hit")] == 100 * fields
     assert second[("field_value", "miss")] == 0
+
+
+def _resident(path: Path) -> float:
+    """Share of a file's pages in the page cache (mincore(2) on a mapping of it)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        # Private and writable only so that ctypes can take its address; mapping
+        # a file reads none of it.
+        mapped = mmap.mmap(
+            f.fileno(),
+            size,
+            flags=mmap.MAP_PRIVATE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        )
+        start = ctypes.c_char.from_buffer(mapped)
+        pages = (size + page - 1) // page
+        vec = (ctypes.c_ubyte * pages)()
+        try:
+            if libc.mincore(ctypes.byref(start), ctypes.c_size_t(size), vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del start
+            mapped.close()
+    return sum(b & 1 for b in vec) / pages
+
+
+def _evict(path: Path) -> None:
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_the_sqlite_store_file_is_read_into_the_page_cache_after_a_first_read(
+    workspace: Workspace, prefetch: bool
+) -> None:
+    import time
+
+    settings = FeastSettings(
+        repo_path=Path(workspace.env["PREDICTFLOW_FEAST__REPO_PATH"]),
+        online_store="sqlite",
+        sqlite_prefetch=prefetch,
+    )
+    path = settings.repo_path / "data" / "online_store.db"
+    _evict(path)
+    # The eviction took: otherwise this test would prove nothing.
+    assert _resident(path) < 0.5
+    features = OnlineFeatures.open(settings)
+    # Not on opening: the first read (a readiness probe) must not queue
+    # behind the whole file.
+    time.sleep(1)
+    assert _resident(path) < 0.5
+    features.check()
+    # The kernel reads ahead asynchronously; a few seconds is ample for the
+    # test store (tens of MB).
+    deadline = time.monotonic() + (15 if prefetch else 2)
+    while time.monotonic() < deadline and _resident(path) < 0.95:
+        time.sleep(0.1)
+    if prefetch:
+        assert _resident(path) >= 0.95
+    else:
+        assert _resident(path) < 0.5
