@@ -78,8 +78,9 @@ class FeastSettings(BaseModel):
         description=(
             "Once the SQLite online store has answered its first read, have the "
             "kernel read its file into the page cache in the background (Linux; "
-            "the kernel keeps what fits in memory). Without it, a customer whose "
-            "pages are not cached waits on the disk."
+            "the kernel keeps what fits in memory, but reads it all: turn it off "
+            "when the file is much larger than the memory the host can spare). "
+            "Without it, a customer whose pages are not cached waits on the disk."
         ),
     )
 
