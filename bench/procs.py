@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
@@ -164,3 +167,49 @@ def wait_machine_quiet(below_pct: float = 20.0, timeout_s: float = 20.0) -> floa
         if meter.stop()["busy_pct"] < below_pct:
             break
     return round(time.monotonic() - started, 1)
+
+
+def page_cache_share(path: Path) -> float | None:
+    """Share of a file's pages in the page cache (mincore(2) on a mapping of it).
+
+    None if the file is missing or empty, or mincore fails. Since Linux 5.0
+    mincore reports page cache state only to a caller that owns the file or
+    may write it, as the bench does its workspace's.
+    """
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return None
+            # Private and writable only so that ctypes can take its address;
+            # mapping a file reads none of it.
+            mapped = mmap.mmap(
+                f.fileno(),
+                size,
+                flags=mmap.MAP_PRIVATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+            try:
+                start = ctypes.c_char.from_buffer(mapped)
+                pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+                vec = (ctypes.c_ubyte * pages)()
+                libc = ctypes.CDLL(None, use_errno=True)
+                failed = libc.mincore(ctypes.byref(start), ctypes.c_size_t(size), vec)
+                del start  # the mapping cannot close while ctypes holds it
+            finally:
+                mapped.close()
+    except (OSError, ValueError):
+        return None
+    if failed:
+        return None
+    return sum(b & 1 for b in vec) / pages
+
+
+def vmstat(name: str) -> int | None:
+    """A counter of /proc/vmstat (e.g. `drop_pagecache`), or None."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(value)
+    return None

@@ -36,7 +36,14 @@ import httpx
 
 from bench import kafka_bench, loadgen, report, scrape
 from bench.customers import Customers
-from bench.procs import CpuMeter, rss_mb, wait_idle, wait_machine_quiet
+from bench.procs import (
+    CpuMeter,
+    page_cache_share,
+    rss_mb,
+    vmstat,
+    wait_idle,
+    wait_machine_quiet,
+)
 from devtools.processes import (
     ROOT,
     BentoServer,
@@ -363,6 +370,13 @@ def rest_store(
         "rss_after_load": {},
     }
     servers: dict[str, Server] = {}
+    # A SQLite read of a customer whose pages are not cached waits on the
+    # disk: how much of the store file was cached, before and after.
+    store_file = (
+        Path(ws.env["PREDICTFLOW_FEAST__REPO_PATH"]) / "data" / "online_store.db"
+    )
+    if store == "sqlite":
+        out["store_file_cached"] = {"start": page_cache_share(store_file)}
     try:
         # Cold start: COLD_STARTS starts on a quiet machine, the median is the
         # figure (single starts here ranged 3.6-6.5 s for the same build);
@@ -428,6 +442,8 @@ def rest_store(
     finally:
         for srv in servers.values():
             srv.stop()
+        if store == "sqlite":
+            out["store_file_cached"]["end"] = page_cache_share(store_file)
     return out
 
 
@@ -933,6 +949,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "workers": WORKERS,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            # Times the kernel's page cache was dropped since boot (by the
+            # environment); compared with the count at the end.
+            "drop_pagecache_start": vmstat("drop_pagecache"),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         },
     }
@@ -996,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             results["finished_at"] = datetime.now(UTC).isoformat()
+            results["machine"]["drop_pagecache_end"] = vmstat("drop_pagecache")
             results["wall_s"] = round(time.monotonic() - t0, 1)
             stem = write(results)
     sys.stdout.write(report.markdown(results))

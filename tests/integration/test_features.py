@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import time
 from datetime import timedelta
@@ -12,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bench.procs import page_cache_share
 from devtools.processes import Workspace
 from predictflow import feast_reads
 from predictflow.data import load_telco
@@ -125,34 +124,9 @@ def test_the_redis_read_counts_its_memo_lookups(redis_workspace: Workspace) -> N
 
 
 def _resident(path: Path) -> float:
-    """Share of a file's pages in the page cache (mincore(2) on a mapping of it).
-
-    Since Linux 5.0 mincore reports page cache state only to a caller that
-    owns the file or may write it, as the test's user does its workspace.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        assert size > 0
-        # Private and writable only so that ctypes can take its address; mapping
-        # a file reads none of it.
-        mapped = mmap.mmap(
-            f.fileno(),
-            size,
-            flags=mmap.MAP_PRIVATE,
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-        )
-        try:
-            start = ctypes.c_char.from_buffer(mapped)
-            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-            vec = (ctypes.c_ubyte * pages)()
-            failed = libc.mincore(ctypes.byref(start), ctypes.c_size_t(size), vec)
-            del start  # the mapping cannot close while ctypes holds it
-        finally:
-            mapped.close()
-    if failed:
-        raise OSError(ctypes.get_errno(), "mincore")
-    return sum(b & 1 for b in vec) / pages
+    share = page_cache_share(path)
+    assert share is not None
+    return share
 
 
 def _evict(path: Path) -> None:
