@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -138,6 +139,15 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
+def _wait_resident(path: Path, share: float, seconds: float = 15) -> float:
+    # The kernel reads ahead asynchronously; seconds are ample for the test
+    # store (tens of MB).
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _resident(path) < share:
+        time.sleep(0.1)
+    return _resident(path)
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_the_sqlite_store_file_is_read_into_the_page_cache_after_a_first_read(
     workspace: Workspace, prefetch: bool
@@ -161,9 +171,26 @@ def test_the_sqlite_store_file_is_read_into_the_page_cache_after_a_first_read(
         time.sleep(0.5)
         assert _resident(path) < 0.5
         return
-    # The kernel reads ahead asynchronously; seconds are ample for the test
-    # store (tens of MB).
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _resident(path) < 0.95:
-        time.sleep(0.1)
-    assert _resident(path) >= 0.95
+    assert _wait_resident(path, 0.95) >= 0.95
+
+
+def test_a_replaced_sqlite_store_file_is_read_ahead_after_the_reopen(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # A copy of the repository: the shared one's file stays where it is.
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(workspace.env["PREDICTFLOW_FEAST__REPO_PATH"]), repo)
+    settings = FeastSettings(repo_path=repo, online_store="sqlite")
+    path = repo / "data" / "online_store.db"
+    features = OnlineFeatures.open(settings)
+    features.check()
+    assert _wait_resident(path, 0.95) >= 0.95
+    # Another writer moves a new file (uncached) over the store file.
+    new = path.with_name("new.db")
+    shutil.copy(path, new)
+    _evict(new)
+    new.replace(path)
+    assert _resident(path) < 0.5
+    # A probe always looks at the file: it reopens the store and reads it.
+    features.check()
+    assert _wait_resident(path, 0.95) >= 0.95
