@@ -48,7 +48,7 @@ test: install test-services k8s-tools
 	$(BIN)/pytest
 
 ## Benchmarks (not tests): REST on Redis and SQLite against a FastAPI baseline,
-## Kafka throughput and latency, cold start, RSS. Up to 20 minutes.
+## Kafka throughput and latency, cold start, RSS. About 40 minutes on 2 cores.
 bench: install test-services
 	$(BIN)/python -m bench.run
 
