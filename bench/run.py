@@ -1,6 +1,6 @@
 """`make bench`: start everything, drive load from this machine, stop, report.
 
-    python -m bench.run            # the full run (~40 min here, 10 of them loading the stores)
+    python -m bench.run            # the full run (~40 min here, 10 loading the stores)
     python -m bench.run --quick    # a smoke run (~5 min)
     python -m bench.run --only rest|costs|kafka
 
