@@ -13,6 +13,7 @@ import base64
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -180,6 +181,16 @@ def constant_rate(
     return stats
 
 
+def error_kind(code: int, error: str) -> str:
+    """One failed request's kind: its status and vegeta's error, without the
+    addresses and ports that make every connection's message unique (and
+    hide the cause at its end: `read: connection reset by peer`, `EOF`)."""
+    return f"{code} {_ADDRESS.sub('<addr>', error)[:160]}".strip()
+
+
+_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}:\d+")
+
+
 def summarize(csv_text: str, rate: int, duration_s: float) -> dict[str, Any]:
     """Figures of one vegeta run from its CSV results."""
     ts, lat, seq, codes, errors = [], [], [], [], []
@@ -201,7 +212,7 @@ def summarize(csv_text: str, rate: int, duration_s: float) -> dict[str, Any]:
     error_kinds: dict[str, int] = {}
     for c, e in zip(codes, errors, strict=True):
         if c != 200 or e:
-            key = f"{c} {e[:80]}".strip()
+            key = error_kind(c, e)
             error_kinds[key] = error_kinds.get(key, 0) + 1
     span = (t.max() - t.min()) / 1e9
     end = float(((t + latency * 1e6).max() - t.min()) / 1e9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import report, scrape
+from bench import loadgen, report, scrape
 from bench.customers import Customers
 
 
@@ -178,3 +178,22 @@ def test_the_live_target_is_compared_with_the_echo_floor_at_its_last_rate() -> N
     results["kafka"].pop("live_floor")
     row = next(r for r in report.targets(results) if "live producer" in r["target"])
     assert (row["ratio"], row["baseline"]) == ("n/a", "n/a")
+
+
+def test_failed_requests_are_grouped_by_cause_not_by_connection() -> None:
+    rows = [
+        # timestamp, code, latency, bytes out, bytes in, error, body, attack, seq
+        f'{1_000_000_000 + i},0,1000,0,0,"Post ""http://127.0.0.1:4001/predict"": '
+        f"read tcp 127.0.0.1:{50000 + i}->127.0.0.1:4001: read: connection reset "
+        f'by peer",,,{i}'
+        for i in range(3)
+    ]
+    rows.append("1000000003,503,1000,0,0,503 Service Unavailable,,,3")
+    rows.append("1000000004,200,1000,0,0,,,,4")
+    summary = loadgen.summarize("\n".join(rows), rate=5, duration_s=1)
+    assert summary["errors"] == 4 and summary["ok"] == 1
+    assert summary["error_kinds"] == {
+        '0 Post "http://<addr>/predict": read tcp <addr>-><addr>: read: '
+        "connection reset by peer": 3,
+        "503 503 Service Unavailable": 1,
+    }
