@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# Idle keep-alive seconds (uvicorn's default 5 is shorter than the proxies'
+# in front; see KEEP_ALIVE_S in devtools/processes.py).
+KEEP_ALIVE_S ?= 75
 BIN := $(VENV)/bin
 
 .PHONY: install bootstrap serve consumer kafka-up kafka-down test test-unit lint \
@@ -25,7 +28,8 @@ bootstrap: install
 
 ## Serve POST /predict on http://$(HOST):$(PORT) (SQLite features, local MLflow).
 serve: bootstrap
-	$(BIN)/bentoml serve service:ChurnPredictor --host $(HOST) --port $(PORT)
+	$(BIN)/bentoml serve service:ChurnPredictor --host $(HOST) --port $(PORT) \
+	  --timeout-keep-alive $(KEEP_ALIVE_S)
 
 ## A real Apache Kafka broker (KRaft) on 127.0.0.1:9092; jars from Maven Central.
 ## KAFKA_SECURITY=sasl_ssl: SASL_SSL only, with users and ACLs (scripts/kafka.sh).

@@ -45,6 +45,7 @@ from bench.procs import (
     wait_machine_quiet,
 )
 from devtools.processes import (
+    KEEP_ALIVE_S,
     ROOT,
     BentoServer,
     ConsumerProcess,
@@ -182,6 +183,9 @@ class Baseline:
                 str(port),
                 "--workers",
                 str(WORKERS),
+                # As `bentoml serve` is run (devtools.processes.BentoServer).
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_S),
                 "--no-access-log",
                 "--log-level",
                 "warning",

@@ -20,6 +20,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+#: Seconds an idle keep-alive connection stays open (`bentoml serve
+#: --timeout-keep-alive`; uvicorn's default is 5). Longer than the idle
+#: timeout of what usually sits in front (nginx and AWS ALB: 60 s), so the
+#: client closes first: a request sent as the server closes is reset. The
+#: Makefile's `serve` and the image's command (deploy/bento) use the same.
+KEEP_ALIVE_S = 75
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -136,6 +143,8 @@ class BentoServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_S),
             ],
             cwd=ROOT,
             env=self.env,

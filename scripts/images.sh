@@ -264,6 +264,7 @@ def content(path: Path) -> bytes:
 
 
 files = sorted({p for pattern in config["include"] for p in root.glob(pattern) if p.is_file()})
+files.append(root / config["docker"]["dockerfile_template"])
 for path in files:
     digest.update(str(path.relative_to(root)).encode() + b"\0" + content(path))
 
@@ -280,7 +281,7 @@ PY
 }
 
 cmd_service() {
-  local base bentofile base_id hash existing tag version t0 shim
+  local base bentofile base_id hash existing tag version t0 shim bentoml
   t0=$(date +%s)
   [ -x "$BENTOML" ] || die "no bentoml at $BENTOML (make install, or set BENTOML)"
   for f in registry.db online_store.db; do
@@ -304,7 +305,11 @@ import yaml
 
 source, target, base_image = sys.argv[1:]
 config = yaml.safe_load(open(source))
-config["docker"] = {"base_image": base_image}
+# base_image replaces python_version; the template (the command) stays.
+config["docker"] = {
+    "base_image": base_image,
+    "dockerfile_template": config["docker"]["dockerfile_template"],
+}
 config["envs"] = [*config.get("envs", []), {"name": "BENTOML_HOST", "value": "127.0.0.1"}]
 with open(target, "w") as out:
     out.write(f"# Written by scripts/images.sh from {source}; edits are overwritten.\n")
@@ -328,15 +333,19 @@ PY
   version="${tag#*:}"
   log "built bento $tag; containerizing (BuildKit=$BUILDKIT)"
   # bentoml runs `docker` from PATH: put the client picked above first.
+  bentoml="$(readlink -f "$BENTOML")"
   shim="$(mktemp -d "${TMPDIR:-/tmp}/predictflow-docker-shim.XXXXXX")"
   # shellcheck disable=SC2064
   trap "rm -rf '$shim'" RETURN
   ln -s "$BUILD_DOCKER" "$shim/docker"
-  PATH="$shim:$PATH" "$BENTOML" containerize "$tag" \
+  # From /: BentoML >= 1.4.36 refuses a dockerfile_template outside the
+  # working directory, and containerize reads it from a temporary copy of
+  # the bento (bentoml/BentoML#5566); everything below is absolute.
+  (cd / && PATH="$shim:$PATH" "$bentoml" containerize "$tag" \
     --opt network=host \
     --opt "label=predictflow.inputs=$hash" \
     --opt "label=predictflow.bento=$tag" \
-    -t "$SERVICE_IMAGE:$version" -t "$SERVICE_IMAGE:latest" >&2
+    -t "$SERVICE_IMAGE:$version" -t "$SERVICE_IMAGE:latest" >&2)
   # Older service images of ours: on vfs each is a full copy (gigabytes).
   if [ "$base" = local ]; then
     docker image ls --filter label=predictflow.bento --format '{{.Repository}}:{{.Tag}} {{.ID}}' \

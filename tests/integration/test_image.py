@@ -24,7 +24,7 @@ from predictflow.contract import ChurnRequest, ChurnScore
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
 from tests.containers.support import host_container, image, logs, running
-from tests.integration.test_rest import KNOWN, TelcoFeatures
+from tests.integration.test_rest import KNOWN, TelcoFeatures, reuse_after_idle
 from tests.kafka_support import publish, read_all
 
 #: Where `bentoml containerize` puts the bento inside the image.
@@ -94,6 +94,12 @@ def test_it_starts_and_answers_ready(
             f"in {service.cold_start_s:.1f}s",
         )
     )
+
+
+def test_it_keeps_idle_connections_past_uvicorns_default(service: Service) -> None:
+    # The image's default arguments (deploy/bento/Dockerfile.j2), not
+    # uvicorn's 5 s: see tests/integration/test_rest.py.
+    assert reuse_after_idle(service.url, idle_s=6.5) is None
 
 
 def test_it_runs_as_the_non_root_user_the_manifests_expect(service: Service) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -44,6 +47,45 @@ def offline_scorer(workspace: Workspace) -> Scorer:
 
 def predict(server: BentoServer, body: object) -> httpx.Response:
     return httpx.post(f"{server.url}/predict", json=body, timeout=30)
+
+
+def reuse_after_idle(url: str, idle_s: float) -> str | None:
+    """Send a request, idle `idle_s`, send another on the same connection.
+
+    None when both are answered; else what the second one ran into (the
+    server closed the connection while it was idle).
+    """
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body, headers = (
+        '{"customer_id": "7590-VHVEG"}',
+        {"Content-Type": "application/json"},
+    )
+    try:
+        conn.request("POST", "/predict", body, headers)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200, first.status
+        sock = conn.sock
+        time.sleep(idle_s)
+        conn.request("POST", "/predict", body, headers)
+        assert conn.sock is sock, "http.client opened a new connection"
+        second = conn.getresponse()
+        second.read()
+        return None if second.status == 200 else f"HTTP {second.status}"
+    except (http.client.HTTPException, OSError) as exc:
+        return repr(exc)
+    finally:
+        conn.close()
+
+
+def test_an_idle_keep_alive_connection_outlasts_uvicorns_default(
+    server: BentoServer,
+) -> None:
+    # uvicorn closes idle connections after 5 s unless told otherwise; a
+    # client or proxy that keeps them longer (nginx and AWS ALB: 60 s) then
+    # sends on a connection the server is closing, and the request is reset.
+    assert reuse_after_idle(server.url, idle_s=6.5) is None
 
 
 def test_real_customers_get_probabilities(server: BentoServer) -> None:
