@@ -555,6 +555,19 @@ def test_images_are_consistent_with_the_code() -> None:
             assert tag and tag != "latest" and "/" not in tag, f"{name}: pin {ref}"
 
 
+def test_every_serve_keeps_idle_connections_as_long() -> None:
+    # The image's default arguments (compose and Kubernetes give it no
+    # command), `make serve`, and the tests' and the benchmark's servers.
+    from devtools.processes import KEEP_ALIVE_S
+
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    template = (ROOT / bentofile["docker"]["dockerfile_template"]).read_text()
+    assert f'CMD ["--timeout-keep-alive", "{KEEP_ALIVE_S}"]' in template
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"KEEP_ALIVE_S ?= {KEEP_ALIVE_S}\n" in makefile
+    assert "--timeout-keep-alive $(KEEP_ALIVE_S)" in makefile
+
+
 def test_service_publishes_the_bentoml_port() -> None:
     port = bentoml_defaults()["services"]["http"]["port"]
     assert "http" not in bento_service_options(), "service.py overrides the port"
