@@ -181,14 +181,14 @@ def constant_rate(
     return stats
 
 
+_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}:\d+")
+
+
 def error_kind(code: int, error: str) -> str:
     """One failed request's kind: its status and vegeta's error, without the
     addresses and ports that make every connection's message unique (and
     hide the cause at its end: `read: connection reset by peer`, `EOF`)."""
     return f"{code} {_ADDRESS.sub('<addr>', error)[:160]}".strip()
-
-
-_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}:\d+")
 
 
 def summarize(csv_text: str, rate: int, duration_s: float) -> dict[str, Any]:
