@@ -116,21 +116,23 @@ def test_opening_the_store_config_leaves_the_offline_store_unimported() -> None:
 
 
 def test_the_follower_freezes_what_its_first_check_loaded() -> None:
-    # The first registry check imports the MLflow client (235,000 objects);
+    # The check that first imports the MLflow client (235,000 objects);
     # left unfrozen, every later full collection walked them (50-250 ms).
     code = textwrap.dedent(
         """
-        import asyncio, gc
+        import asyncio, gc, sys, types
         from predictflow import runtime
         from predictflow.lifecycle import ModelFollower
         from predictflow.settings import Settings
 
+        assert "mlflow" not in sys.modules
         runtime.settle_heap()
         loaded = []
         follower = ModelFollower(None, Settings(model={"refresh_seconds": 0.01}))
         stop = asyncio.Event()
 
         def check():  # what a late, one-time import leaves behind
+            sys.modules["mlflow"] = types.ModuleType("mlflow")
             loaded.extend({"n": [i]} for i in range(20_000))
             stop.set()
             return "unchanged"
