@@ -29,7 +29,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -39,6 +39,9 @@ from predictflow.errors import ModelUnavailable
 from predictflow.model import ChurnModel
 from predictflow.scoring import Scorer
 from predictflow.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger("predictflow.lifecycle")
 
@@ -139,21 +142,29 @@ class ModelFollower:
             if self._rest is None:
                 self._rest = registry_rest.AliasClient(uri, timeout=REGISTRY_TIMEOUT_S)
             return self._rest.version(self.name, self.alias)
+        mlflow_client = self._mlflow()
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = mlflow_client.get_model_version_by_alias(self.name, self.alias)
+        except MlflowException as exc:
+            if exc.error_code in registry_rest.NOT_THERE:
+                return None  # no such alias (yet): keep serving
+            raise
+        return str(mv.version)
+
+    def _mlflow(self) -> MlflowClient:
+        """The MLflow client (imported on first use), quiet for a serving log.
+
+        It also sets the registry that `models:/` URIs resolve against.
+        """
         # A serving log is no place for progress bars or a dependency's
         # deprecation notices.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         warnings.filterwarnings("ignore", message=".*noload.* loader strategy")
-        from mlflow.exceptions import MlflowException
-
         from predictflow.registry import client
 
-        try:
-            mv = client(self.settings).get_model_version_by_alias(self.name, self.alias)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None  # no such alias (yet): keep serving
-            raise
-        return str(mv.version)
+        return client(self.settings)
 
     def _swap(self, version: str) -> str:
         old = self.scorer.model.version
@@ -188,11 +199,9 @@ class ModelFollower:
         return "swapped"
 
     def _download(self, version: str) -> Path:
+        self._mlflow()
         import mlflow.artifacts
 
-        from predictflow.registry import client
-
-        client(self.settings)  # sets the registry `models:/` URIs resolve against
         target = self.settings.data_dir / "models" / self.name / version
         if (target / "MLmodel").is_file():
             return target
