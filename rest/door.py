@@ -1,9 +1,10 @@
 """The REST door: an ASGI middleware in front of every route of the service.
 
 `RestDoor` is added to the BentoML service with `add_asgi_middleware`
-(service.py). It sits inside BentoML's metrics, tracing, timeout and
-concurrency middlewares (so what it answers is counted) and does what a door
-does, in one place:
+(service.py). It sits inside BentoML's metrics, tracing, request-timeout
+and concurrency middlewares (so what it answers is counted; when the app
+starts it swaps BentoML's request timeout for `rest.bentoml_fit.PromptTimeout`,
+which leaves no timer behind) and does what a door does, in one place:
 
 - limits: request bodies over `serving.max_body_bytes` (64 KiB on
   `/predict`) get 413, a scoring request that is not JSON gets 415, and past
@@ -63,7 +64,7 @@ from rest.answers import (
     invalid_response,
     score_one,
 )
-from rest.bentoml_fit import REAL_PATH, RouteLabels, document_errors
+from rest.bentoml_fit import REAL_PATH, PromptTimeout, RouteLabels, document_errors
 
 log = logging.getLogger("predictflow.service")
 
@@ -115,13 +116,14 @@ class RestDoor:
         self._batcher = batcher
         self._openapi = openapi
         self._in_flight = 0
-        self._labels_installed = False
+        self._fitted = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan" and not self._labels_installed:
-                self._labels_installed = True
+            if scope["type"] == "lifespan" and not self._fitted:
+                self._fitted = True
                 RouteLabels.install(scope.get("app"))
+                PromptTimeout.install(scope.get("app"))
             await self.app(scope, receive, send)
             return
         real_path = scope.pop(REAL_PATH, None)
@@ -148,7 +150,7 @@ class RestDoor:
         try:
             await self._serve(scope, receive, answer, exchange, headers)
         except asyncio.CancelledError:
-            # BentoML's timeout middleware cancelled the request (it answers 504).
+            # The request timeout cancelled the request (it answers 504).
             exchange.status, exchange.error = 504, "timeout"
             raise
         except Exception:

@@ -314,3 +314,15 @@ def test_two_workers_serve_and_report_together(
     for cid in KNOWN * 4:
         assert predict(framework_path_server, {"customer_id": cid}).status_code == 200
     assert _samples(framework_path_server)[scored] - before == len(KNOWN) * 4
+
+
+def test_the_request_timeout_leaves_no_timer_behind(server: BentoServer) -> None:
+    """The door found BentoML's timeout middleware in the real stack and swapped it.
+
+    BentoML's own keeps a timer per request for the whole timeout; at
+    saturation full collections walking them tripled the P99
+    (`rest.bentoml_fit.PromptTimeout`). When the swap fails, the worker says so.
+    """
+    assert predict(server, {"customer_id": KNOWN[0]}).status_code == 200
+    assert "event=prompt_timeout_unavailable" not in server.logs()
+    assert "event=service_loaded" in server.logs()  # the log is the worker's
