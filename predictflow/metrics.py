@@ -154,7 +154,7 @@ def get() -> Metrics:
         ),
         memo_lookups=Counter(
             "predictflow_memo_lookups",
-            "Lookups in the bounded in-process memos (redis_key, field_value, "
+            "Lookups in the bounded in-process memos (field_value, "
             "reply_partition), by result (hit, miss).",
             ["memo", "result"],
         ),

@@ -83,6 +83,53 @@ def test_another_feast_release_reads_through_the_public_interface(
     assert DirectRead.applies(store, service)
 
 
+def test_redis_keys_are_feasts_keys(sqlite_features: OnlineFeatures) -> None:
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    redis = RedisOnlineStore()
+    config = sqlite_features.store.config
+
+    def feast_key(customer_id: str) -> bytes:
+        entity = EntityKey(
+            join_keys=["customer_id"], entity_values=[Value(string_val=customer_id)]
+        )
+        return bytes(redis._generate_redis_keys_for_entities(config, [entity])[0])
+
+    made = feast_reads._key_maker(feast_key)
+    assert made is not feast_key
+    ids: list[str] = sqlite_features.ids  # type: ignore[attr-defined]
+    odd = ["", "7590-VHVEG", "ü", "客户-𝄞", "x" * 300, "a\x00b", "s-" + "9" * 64]
+    for customer_id in [*ids, *odd]:
+        assert made(customer_id) == feast_key(customer_id), customer_id
+
+
+def test_an_unknown_key_layout_keeps_feasts_own_function(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def length_last(customer_id: str) -> bytes:
+        raw = customer_id.encode()
+        return b"prefix" + raw + len(raw).to_bytes(2, "big")
+
+    assert feast_reads._key_maker(length_last) is length_last
+    assert "redis_key_layout_unknown" in caplog.text
+
+    def id_twice(customer_id: str) -> bytes:
+        raw = customer_id.encode()
+        return b"p" + len(raw).to_bytes(4, "little") + raw + b"s" + raw[::-1]
+
+    # The probe's key parses as prefix, length, id, suffix; other ids' do not.
+    assert feast_reads._key_maker(id_twice) is id_twice
+
+
+def test_an_hmget_is_packed_as_resp() -> None:
+    head, fields = feast_reads._hmget_parts(["a", b"bc"])
+    assert head + b"$3\r\nkey\r\n" + fields == (
+        b"*4\r\n$5\r\nHMGET\r\n$3\r\nkey\r\n$1\r\na\r\n$2\r\nbc\r\n"
+    )
+
+
 def test_the_redis_connection_goes_into_feasts_config_not_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
