@@ -173,6 +173,53 @@ def test_poison_records_are_dead_lettered_and_valid_ones_answered(
         assert int(headers["source_offset"]) >= 0
 
 
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_requests_are_answered(
+    kafka_server: BentoServer, kafka_bootstrap: str, kafka_topics: Topics, codec: str
+) -> None:
+    """Every compression codec a Kafka producer may use is read, not rewound forever.
+
+    Java clients often compress (lz4, snappy, zstd). A batch in a codec the
+    runner cannot decode fails every poll of its runner, which rewinds and
+    retries it without end: no partition of that runner is answered again.
+    The requests are sent by librdkafka, which has every codec built in.
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "compression.type": codec,
+            # Several requests per batch: a real compressed batch.
+            "linger.ms": 50,
+        }
+    )
+    marker = uuid.uuid4().hex[:8]
+    wanted = {}
+    for i, customer_id in enumerate(CUSTOMERS[:40]):
+        cid = f"{codec}-{marker}-{i}"
+        wanted[cid] = customer_id
+        producer.produce(
+            kafka_topics.request,
+            json.dumps({"customer_id": customer_id}).encode(),
+            customer_id.encode(),
+            headers=[("correlation_id", cid.encode())],
+        )
+    assert producer.flush(30) == 0, "the broker did not take the requests"
+
+    replies = asyncio.run(
+        read_all(kafka_bootstrap, kafka_topics.reply, until=set(wanted), wait_s=60)
+    )
+    missing = set(wanted) - set(replies)
+    assert not missing, (
+        f"{len(missing)} of {len(wanted)} {codec} requests got no reply: "
+        f"{kafka_server.logs()[-2000:]}"
+    )
+    for cid, customer_id in wanted.items():
+        score = ChurnScore.model_validate(replies[cid][0][0])
+        assert score.customer_id == customer_id
+
+
 def test_metrics_count_the_kafka_path(
     kafka_server: BentoServer, kafka_bootstrap: str, kafka_topics: Topics
 ) -> None:
