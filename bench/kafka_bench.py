@@ -22,10 +22,9 @@ scoring, as the echo drives them: the baseline of the live producer's
 latency. It is simpler than the runner, not a copy of its Kafka side: one
 `send` per reply, each poll's acks awaited before the next poll, plain
 asyncio (the runner sends a batch per partition, keeps polls in flight and
-runs on uvloop). Its CPU per record (41 µs at 20,000 msg/s in the eighth
-run) is higher than the runner's Kafka side: the runner's whole cost was
-57 µs, most of it answering (bench/README.md, "The echo floor at 20,000
-msg/s").
+runs on uvloop). So its CPU per record is higher than the runner's Kafka
+side, and is not the runner's cost less scoring (the figures are in
+bench/README.md, "The echo floor at 20,000 msg/s").
 """
 
 from __future__ import annotations
