@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from devtools.gobuild import go_build
 from predictflow.canary.checks import WINDOW_ARG
 from predictflow.settings import PROJECT_ROOT
 
@@ -45,23 +44,11 @@ def canary_promote() -> ModuleType:
 @functools.cache
 def argo_eval() -> Path:
     """tools/argo-eval built from the module cache (`make k8s-tools` fills it)."""
-    go = shutil.which("go")
-    if not go:
-        pytest.fail("the analysis tests need Go (tools/argo-eval): make k8s-tools")
     out = Path(tempfile.mkdtemp(prefix="argo-eval-")) / "argo-eval"
-    env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=readonly"}
-    done = subprocess.run(
-        [go, "build", "-o", str(out), "."],
-        cwd=ARGO_EVAL,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building tools/argo-eval failed (make k8s-tools):\n{done.stderr}")
-    return out
+    try:
+        return go_build(ARGO_EVAL, out, offline=True)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n(the analysis tests need it: make k8s-tools)")
 
 
 def evaluate(measurements: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
