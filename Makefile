@@ -48,7 +48,7 @@ test-services:
 	@scripts/ensure-test-services.sh
 
 ## Every suite: unit, model, integration (real bentoml serve, Redis, Kafka).
-test: install test-services k8s-tools
+test: install test-services k8s-tools bench-tools
 	$(BIN)/pytest
 
 ## Benchmarks (not tests): REST on Redis and SQLite against a FastAPI baseline,
@@ -148,3 +148,12 @@ $(K8S_VALIDATE_DIR)/node_modules/.installed: $(K8S_VALIDATE_DIR)/package.json $(
 ## npm's CRD-schema models and the Go module of the condition evaluator.
 k8s-tools: $(K8S_VALIDATE_DIR)/node_modules/.installed
 	cd $(ARGO_EVAL_DIR) && go mod download && go build -o /dev/null .
+
+# The bench's live Kafka client (Go, tools/kafka-load): the bench builds it;
+# tests/integration/test_kafka_load.py builds it from the module cache.
+.PHONY: bench-tools
+KAFKA_LOAD_DIR := tools/kafka-load
+
+## The Go module of the bench's live Kafka client.
+bench-tools:
+	cd $(KAFKA_LOAD_DIR) && go mod download && go build -o /dev/null .

@@ -6,13 +6,13 @@ until every reply is in the reply topic (acknowledged) and the group's
 committed offsets reach the end of every request partition; requests
 committed before that moment are not counted.
 
-Latency and live load: this module run as its own process (`python -m
-bench.kafka_bench latency ...`) publishes at a constant rate while the
-runners consume, and reads the replies; a reply's latency runs from its
-request's *scheduled* send time to its receipt, and every request is
-accounted for by its correlation id (`ReplyTally`). This client is
-librdkafka's (`confluent_kafka`), the lightest on the cores it shares with
-what it measures, as vegeta is for REST.
+Latency and live load: `tools/kafka-load`, a compiled client (Go,
+franz-go) run as its own process, publishes at a constant rate while the
+runners consume, and reads the replies (`live`); a reply's latency runs
+from its request's *scheduled* send time to its receipt, and every request
+is accounted for by its correlation id (`account`, `ReplyTally`). It is
+compiled for the reason vegeta is for REST: it shares the cores with what
+it measures.
 
 The floor: `python -m bench.kafka_bench echo ...` is a consumer that answers
 every request at once, with no scoring (idempotent producer, acks=all,
@@ -33,9 +33,8 @@ import argparse
 import asyncio
 import json
 import re
-import resource
+import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -237,10 +236,10 @@ class ReplyTally:
         self.errors = 0
         self.remaining = n
 
-    def add(
-        self, correlation_id: str | bytes | None, value: bytes | None, now: float
+    def add_reply(
+        self, correlation_id: str | bytes | None, now: float, *, error: bool
     ) -> None:
-        """Count one reply received at `now`."""
+        """Count one reply received at `now`; `error`: it carries an error."""
         if isinstance(correlation_id, bytes):
             correlation_id = correlation_id.decode(errors="replace")
         tag, _, index = (correlation_id or "").partition(":")
@@ -253,7 +252,7 @@ class ReplyTally:
             return
         self.received[i] = now
         self.remaining -= 1
-        if b'"error"' in (value or b""):
+        if error:
             self.errors += 1
 
     def counts(self) -> dict[str, int]:
@@ -267,191 +266,106 @@ class ReplyTally:
         }
 
 
-def latency(
+def live(
+    kafka_load: str,
     bootstrap: str,
     request_topic: str,
     reply_topic: str,
-    customer_ids: Sequence[str],
+    ids: Path,
     rate: int,
     duration_s: float,
+    out: Path,
     drain_s: float = 30,
     linger_ms: int = 0,
 ) -> dict[str, Any]:
     """A live producer: publish at `rate` msg/s for `duration_s`, read the replies.
 
-    Every request carries its own correlation id (`<run>:<index>`), so each is
-    accounted for: replied (score or error, counted apart), missing (lost) or
-    answered more than once (duplicates). Latency runs from a request's
-    *scheduled* send time to its reply's receipt, so a producer that falls
-    behind shows in the latency, not as a lower rate. `linger_ms` batches the
-    producer's sends (what a producer at thousands of msg/s does), and counts
-    in the latency.
-
-    The client is librdkafka (`confluent_kafka`), not aiokafka: it shares
-    the 2 cores with what it measures, and in pure Python it took 44 % of a
-    core at 5,000 msg/s, against 24 % (the commit that made the switch has
-    the measurement). Requests are keyed and partitioned as a Java
-    client does (murmur2), like the runner's replies.
+    The client is `tools/kafka-load` (Go, franz-go), compiled because it
+    shares the 2 cores with what it measures: the librdkafka client it
+    replaced took much more CPU, every core-second of it taken from the
+    runners (bench/README.md has the measurements). It sends
+    on an open-loop schedule and writes what happened; the counting is
+    `account`'s. `out` is the prefix of its files. A client that fails
+    (no broker, a bad topic) raises: the section shows as not met.
     """
-    from confluent_kafka import Consumer, Producer, TopicPartition
-
-    run = uuid.uuid4().hex[:8]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-latency-{run}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "linger.ms": linger_ms,
-            "batch.size": 256 * 1024,
-            "partitioner": "murmur2_random",
-            # Callbacks for failures only: not one Python call per request.
-            "delivery.report.only.error": True,
-        }
-    )
-    n = int(rate * duration_s)
-    tally = ReplyTally(run, n)
-    failed_sends = 0
-    stop = threading.Event()
-    # Read from the replies' current ends, fixed before the first send: a
-    # reply written before the reader's position is known would be skipped.
-    parts = consumer.list_topics(reply_topic, timeout=10).topics[reply_topic]
-    consumer.assign(
+    done = subprocess.run(
         [
-            TopicPartition(
-                reply_topic,
-                p,
-                consumer.get_watermark_offsets(
-                    TopicPartition(reply_topic, p), timeout=10
-                )[1],
-            )
-            for p in sorted(parts.partitions)
-        ]
+            kafka_load,
+            "--bootstrap",
+            bootstrap,
+            "--request-topic",
+            request_topic,
+            "--reply-topic",
+            reply_topic,
+            "--ids",
+            str(ids),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration_s),
+            "--linger-ms",
+            str(linger_ms),
+            "--drain",
+            str(drain_s),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=duration_s + drain_s + 120,
+        check=False,
     )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"kafka-load exited {done.returncode}: {done.stderr[-2000:].strip()}"
+        )
+    return {"duration_s": duration_s, "linger_ms": linger_ms, **account(out)}
 
-    read_errors = 0
-    crashed: list[BaseException] = []
 
-    def read() -> None:
-        try:
-            follow()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            crashed.append(exc)
+def account(out: Path) -> dict[str, Any]:
+    """Every request of a `tools/kafka-load` run, by its correlation id.
 
-    def follow() -> None:
-        nonlocal read_errors
-        while tally.remaining and not stop.is_set():
-            first = consumer.poll(0.1)
-            if first is None:
-                continue
-            # The rest of what was fetched, without waiting for more.
-            records = [first, *consumer.consume(num_messages=10_000, timeout=0)]
-            now = time.monotonic()
-            for r in records:
-                if r.error() is not None:
-                    read_errors += 1
-                    continue
-                cid = dict(r.headers() or ()).get("correlation_id")
-                tally.add(cid, r.value(), now)
-
-    def delivered(err: Any, _msg: Any) -> None:
-        nonlocal failed_sends
-        if err is not None:
-            failed_sends += 1
-
-    reader = threading.Thread(target=read, name="replies", daemon=True)
-    # The request topic's metadata, before the clock: not in the first latencies.
-    producer.list_topics(request_topic, timeout=10)
-    try:
-        reader.start()
-        cpu0 = _cpu()
-        t0 = time.monotonic() + 0.1
-        due = t0 + np.arange(n) / rate
-        send_lag = np.zeros(n)
-        i = 0
-        while i < n and not crashed:
-            now = time.monotonic()
-            if now < due[i]:
-                time.sleep(due[i] - now)
-                continue
-            # Everything due by now goes out at once.
-            upto = min(n, max(i + 1, int((now - t0) * rate) + 1))
-            for j in range(i, upto):
-                cid = customer_ids[j % len(customer_ids)].encode()
-                send_lag[j] = time.monotonic() - due[j]
-                _produce(
-                    producer,
-                    request_topic,
-                    b'{"customer_id": "%s"}' % cid,
-                    cid,
-                    f"{run}:{j}".encode(),
-                    delivered,
-                )
-            producer.poll(0)
-            i = upto
-        sent_s = time.monotonic() - t0
-        if producer.flush(drain_s):
-            # Not acknowledged in time: purged, each counted failed by its
-            # callback (it may still have reached the broker and be answered).
-            producer.purge()
-            producer.poll(0)
-        reader.join(drain_s)
-        cpu = _cpu() - cpu0
-        wall = time.monotonic() - t0
-    finally:
-        stop.set()
-        reader.join(5)
-        consumer.close()
-    if crashed:
-        raise RuntimeError("the reply reader failed") from crashed[0]
+    Replied (the first reply; error replies counted apart), missing (lost)
+    or answered more than once (duplicates), with `ReplyTally`. A reply's
+    latency runs from its request's *scheduled* send time (request i at
+    i/rate after the start) to its receipt, so a producer that falls behind
+    shows in the latency, not as a lower rate.
+    """
+    summary = json.loads(Path(f"{out}.json").read_text())
+    rate, n = int(summary["rate"]), int(summary["sent"])
+    sends = np.fromfile(f"{out}.sends", dtype="<i8")
+    if len(sends) != n:
+        raise RuntimeError(f"kafka-load wrote {len(sends)} send times for {n} requests")
+    tally = ReplyTally(summary["run"], n)
+    for line in Path(f"{out}.replies").read_bytes().splitlines():
+        cid, at, error = line.split(b"\t")
+        tally.add_reply(cid, int(at) / 1e9, error=error == b"1")
+    due = np.arange(n) / rate
     got = ~np.isnan(tally.received)
     lat = (tally.received[got] - due[got]) * 1000
-    from_send = lat - send_lag[got] * 1000
+    sent = sends >= 0
+    send_lag = (sends / 1e9 - due) * 1000
+    send_lag[~sent] = np.nan
+    from_send = lat - send_lag[got]
+    wall = float(summary["wall_seconds"])
+    send_s = float(summary["send_seconds"])
     return {
         "rate": rate,
-        "duration_s": duration_s,
-        "linger_ms": linger_ms,
-        "client": "confluent-kafka (librdkafka)",
+        "client": summary["client"],
         "sent": n,
-        "send_rate": round(n / sent_s, 1) if sent_s > 0 else None,
-        "failed_sends": failed_sends,
+        "send_rate": round(n / send_s, 1) if send_s > 0 else None,
+        "failed_sends": int(summary["failed_sends"]) + int(n - sent.sum()),
         **tally.counts(),
-        "read_errors": read_errors,
+        "read_errors": int(summary["read_errors"]),
         "latency_ms": _ms(lat),
         # From the actual send (the client's own stalls left out).
-        "latency_from_send_ms": _ms(from_send),
-        "send_lag_ms": _ms(send_lag * 1000),
-        "client_cpu_pct": round(100 * cpu / wall, 1),
+        "latency_from_send_ms": _ms(from_send[~np.isnan(from_send)]),
+        "send_lag_ms": _ms(send_lag[sent]),
+        "client_cpu_pct": round(100 * float(summary["cpu_seconds"]) / wall, 1)
+        if wall > 0
+        else None,
     }
-
-
-def _produce(
-    producer: Any,
-    topic: str,
-    value: bytes,
-    key: bytes,
-    correlation_id: bytes,
-    delivered: Callable[[Any, Any], None],
-) -> None:
-    """Queue one request; a full local queue is served (acks) and tried again."""
-    while True:
-        try:
-            producer.produce(
-                topic,
-                value,
-                key,
-                headers=[("correlation_id", correlation_id)],
-                on_delivery=delivered,
-            )
-            return
-        except BufferError:
-            producer.poll(0.01)
 
 
 def _ms(values: np.ndarray) -> dict[str, float] | None:
@@ -464,25 +378,9 @@ def _ms(values: np.ndarray) -> dict[str, float] | None:
     }
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.kafka_bench")
     sub = parser.add_subparsers(dest="command", required=True)
-    lat = sub.add_parser("latency", help="constant-rate request->reply latency")
-    lat.add_argument("--bootstrap", required=True)
-    lat.add_argument("--request-topic", required=True)
-    lat.add_argument("--reply-topic", required=True)
-    lat.add_argument("--ids", type=Path, required=True, help="customer ids, one a line")
-    lat.add_argument("--rate", type=int, default=1000)
-    lat.add_argument("--duration", type=float, default=30)
-    lat.add_argument(
-        "--linger-ms", type=int, default=0, help="producer batching (0: none)"
-    )
-    lat.add_argument("--out", type=Path, required=True)
     floor = sub.add_parser("echo", help="answer every request at once (the floor)")
     floor.add_argument("--bootstrap", required=True)
     floor.add_argument("--request-topic", required=True)
@@ -493,19 +391,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(
             echo(args.bootstrap, args.request_topic, args.reply_topic, args.group)
         )
-        return
-    ids = [x for x in args.ids.read_text().splitlines() if x]
-    result = latency(
-        args.bootstrap,
-        args.request_topic,
-        args.reply_topic,
-        ids,
-        args.rate,
-        args.duration,
-        linger_ms=args.linger_ms,
-    )
-    args.out.write_text(json.dumps(result, indent=2))
-    sys.stdout.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from bench.procs import CpuMeter, MachineMeter, wait_child
+from devtools.gobuild import go_build
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / ".tools" / "bin"
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
 VEGETA_VERSION = "v12.13.0"
 WRK_SCRIPT = HERE / "wrk_post.lua"
+KAFKA_LOAD_SOURCE = HERE.parent / "tools" / "kafka-load"
 #: Most concurrent requests vegeta may have open (bounded fds under overload;
 #: past it, sends fall behind schedule, which the lag figures show).
 MAX_WORKERS = 4096
@@ -41,19 +43,28 @@ TIMEOUT_S = 10
 class Tools:
     vegeta: str
     wrk: str
+    #: The live Kafka client (tools/kafka-load, built from the project's source).
+    kafka_load: str
 
     def versions(self) -> dict[str, str]:
         wrk = subprocess.run(
             [self.wrk, "--version"], capture_output=True, text=True, check=False
         )
+        franz = next(
+            line.split()[1]
+            for line in (KAFKA_LOAD_SOURCE / "go.mod").read_text().splitlines()
+            if line.strip().startswith("github.com/twmb/franz-go ")
+        )
         return {
             "vegeta": f"{VEGETA_MODULE}@{VEGETA_VERSION}",
             "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip(),
+            "kafka-load": f"tools/kafka-load (franz-go {franz})",
         }
 
 
 def ensure_tools() -> Tools:
-    """wrk (Debian package) and vegeta (Go module, built into bench/.tools)."""
+    """wrk (Debian package), vegeta (Go module) and tools/kafka-load (built
+    from its source), the Go ones into bench/.tools."""
     wrk = shutil.which("wrk")
     if wrk is None:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -63,16 +74,16 @@ def ensure_tools() -> Tools:
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True)
         wrk = shutil.which("wrk")
         assert wrk is not None  # noqa: S101 - just installed
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(go).exists():
+        raise RuntimeError(
+            "there is no Go toolchain to build vegeta and tools/kafka-load: "
+            "install Go (https://go.dev/doc/install)"
+        )
+    TOOLS.mkdir(parents=True, exist_ok=True)
     vegeta = TOOLS / "vegeta"
     stamp = TOOLS / "vegeta.version"
     if not vegeta.exists() or not stamp.exists() or stamp.read_text() != VEGETA_VERSION:
-        go = shutil.which("go") or "/usr/local/go/bin/go"
-        if not Path(go).exists():
-            raise RuntimeError(
-                f"vegeta is missing and there is no Go toolchain to build it: "
-                f"GOBIN={TOOLS} go install {VEGETA_MODULE}@{VEGETA_VERSION}"
-            )
-        TOOLS.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [go, "install", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
             env={**os.environ, "GOBIN": str(TOOLS)},
@@ -80,7 +91,10 @@ def ensure_tools() -> Tools:
             timeout=900,
         )
         stamp.write_text(VEGETA_VERSION)
-    return Tools(str(vegeta), wrk)
+    # Built every run (Go's build cache makes an unchanged one instant): the
+    # client measured is the source checked out.
+    kafka_load = go_build(KAFKA_LOAD_SOURCE, TOOLS / "kafka-load", offline=False)
+    return Tools(str(vegeta), wrk, str(kafka_load))
 
 
 def write_targets(

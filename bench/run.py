@@ -572,7 +572,7 @@ def cost_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_kafka(
-    ws: Workspace, plan: Plan, tmp: Path, customers: Customers
+    ws: Workspace, plan: Plan, tmp: Path, customers: Customers, kafka_load: str
 ) -> dict[str, Any]:
     """For 1..N standalone runners: throughput, then latency at a constant rate.
 
@@ -613,7 +613,9 @@ def run_kafka(
             )
             out["throughput_runs"].append(result)
             log(f"kafka throughput, {count} runner(s): {result}")
-            client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners)
+            client = ClientRun(
+                plan, tmp, bootstrap, topics, broker_pid, runners, kafka_load
+            )
             latency = _kafka_latency(client)
             out["latency_runs"].append(latency)
             log(f"kafka latency, {count} runner(s): {latency}")
@@ -622,7 +624,7 @@ def run_kafka(
                 runners.pop().terminate()
         try:
             out["live_floor"] = _kafka_floor(
-                plan, tmp, bootstrap, broker_pid, runners, out["live_runs"]
+                plan, tmp, bootstrap, broker_pid, runners, out["live_runs"], kafka_load
             )
         except Exception as exc:  # noqa: BLE001 - a baseline must not drop our figures
             log(f"kafka floor failed: {traceback.format_exc()}")
@@ -670,6 +672,7 @@ def _kafka_floor(
     broker_pid: int,
     runners: list[ConsumerProcess],
     live_runs: list[dict[str, Any]],
+    kafka_load: str,
 ) -> dict[str, Any]:
     """The live producer against echo consumers (no scoring): the baseline.
 
@@ -699,7 +702,7 @@ def _kafka_floor(
             )
         )
     wait_for(functools.partial(_all_assigned, runners), 120, "echo consumers")
-    client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners)
+    client = ClientRun(plan, tmp, bootstrap, topics, broker_pid, runners, kafka_load)
     rates = sorted({r["rate"] for live in live_runs for r in live["runs"]})
     runs = []
     for rate in rates:
@@ -723,8 +726,8 @@ def _all_assigned(runners: list[ConsumerProcess]) -> bool:
 
 @dataclass(frozen=True)
 class ClientRun:
-    """The Kafka client process (`bench.kafka_bench latency`) against running
-    runners: its figures, plus the runners' and the broker's CPU meanwhile."""
+    """The live Kafka client (`kafka_bench.live`) against running runners: its
+    figures, plus the runners' and the broker's CPU meanwhile."""
 
     plan: Plan
     tmp: Path
@@ -732,42 +735,25 @@ class ClientRun:
     topics: Topics
     broker_pid: int
     runners: list[ConsumerProcess]
+    #: tools/kafka-load, built (`loadgen.ensure_tools`).
+    kafka_load: str
 
     def run(
         self, seconds: float, name: str, *, rate: int | None = None, linger_ms: int = 0
     ) -> dict[str, Any]:
         cpus = [CpuMeter(r.proc.pid).start() for r in self.runners]
         broker_cpu = CpuMeter(self.broker_pid).start()
-        out = self.tmp / f"kafka-{name}-{len(self.runners)}-{rate}.json"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.kafka_bench",
-                "latency",
-                "--bootstrap",
-                self.bootstrap,
-                "--request-topic",
-                self.topics.request,
-                "--reply-topic",
-                self.topics.reply,
-                "--ids",
-                str(self.tmp / "ids.txt"),
-                "--rate",
-                str(rate or self.plan.kafka_rate),
-                "--duration",
-                str(seconds),
-                "--linger-ms",
-                str(linger_ms),
-                "--out",
-                str(out),
-            ],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=seconds + 120,
+        result = kafka_bench.live(
+            self.kafka_load,
+            self.bootstrap,
+            self.topics.request,
+            self.topics.reply,
+            self.tmp / "ids.txt",
+            rate or self.plan.kafka_rate,
+            seconds,
+            self.tmp / f"kafka-{name}-{len(self.runners)}-{rate}",
+            linger_ms=linger_ms,
         )
-        result: dict[str, Any] = json.loads(out.read_text())
         result["runner_cpu_pct"] = round(sum(c.stop()["cpu_pct"] for c in cpus), 1)
         result["broker_cpu_pct"] = broker_cpu.stop()["cpu_pct"]
         return result
@@ -883,7 +869,6 @@ def _versions(tools: loadgen.Tools) -> dict[str, str]:
         "httptools",
         "xgboost-cpu",
         "aiokafka",
-        "confluent-kafka",
         "redis",
         "psutil",
     )
@@ -1015,7 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if args.only in (None, "kafka"):
                 _section(
-                    results, "kafka", lambda: run_kafka(redis_ws, plan, tmp, customers)
+                    results,
+                    "kafka",
+                    lambda: run_kafka(redis_ws, plan, tmp, customers, tools.kafka_load),
                 )
         finally:
             results["finished_at"] = datetime.now(UTC).isoformat()

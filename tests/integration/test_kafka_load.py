@@ -1,0 +1,136 @@
+"""The bench's live Kafka client (tools/kafka-load) against a real broker.
+
+What `bench.kafka_bench.account` counts comes from this client: these runs
+check that what it writes accounts for every request, against the bench's
+echo consumers (every request answered) and against nobody (every request
+lost).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import kafka_bench
+from devtools.gobuild import go_build
+from devtools.processes import ConsumerProcess, wait_for
+from devtools.topics import Topics
+from predictflow.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def kafka_load() -> str:
+    """tools/kafka-load from the module cache (`make test` fills it)."""
+    out = Path(tempfile.mkdtemp(prefix="kafka-load-")) / "kafka-load"
+    try:
+        return str(go_build(PROJECT_ROOT / "tools" / "kafka-load", out, offline=True))
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n(make bench-tools)")
+
+
+@pytest.fixture
+def ids(tmp_path: Path) -> Path:
+    path = tmp_path / "ids.txt"
+    path.write_text("7590-VHVEG\n5575-GNVDE\n3668-QPYBK\n")
+    return path
+
+
+def _start_echo(bootstrap: str, topics: Topics, log: Path) -> ConsumerProcess:
+    """The bench's echo consumer (the floor's), on `topics`."""
+    return ConsumerProcess(
+        dict(os.environ),
+        log,
+        command=(
+            "-m",
+            "bench.kafka_bench",
+            "echo",
+            "--bootstrap",
+            bootstrap,
+            "--request-topic",
+            topics.request,
+            "--reply-topic",
+            topics.reply,
+            "--group",
+            topics.group,
+        ),
+    )
+
+
+def _owns_every_partition(consumer: ConsumerProcess) -> bool:
+    return kafka_bench.assignment_complete([consumer.logs()], kafka_bench.PARTITIONS)
+
+
+@pytest.fixture
+def echo(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Topics]:
+    """The bench's echo consumer on fresh topics, owning every partition."""
+    topics = Topics.fresh("load", kafka_bootstrap)
+    consumer = _start_echo(kafka_bootstrap, topics, tmp_path / "echo.log")
+    try:
+        wait_for(lambda: _owns_every_partition(consumer), 120, "echo consumer")
+        yield topics
+    finally:
+        consumer.terminate()
+
+
+def test_every_request_answered_once_is_counted_once(
+    kafka_load: str, kafka_bootstrap: str, echo: Topics, ids: Path, tmp_path: Path
+) -> None:
+    result = kafka_bench.live(
+        kafka_load,
+        kafka_bootstrap,
+        echo.request,
+        echo.reply,
+        ids,
+        rate=500,
+        duration_s=2,
+        out=tmp_path / "live",
+        drain_s=30,
+        linger_ms=5,
+    )
+    assert result["sent"] == 1000
+    assert (result["replied"], result["missing"], result["duplicates"]) == (1000, 0, 0)
+    assert result["error_replies"] == 0 and result["failed_sends"] == 0
+    assert result["latency_ms"]["p50"] > 0
+    assert result["client"].startswith("franz-go")
+
+
+def test_requests_nobody_answers_are_counted_lost(
+    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
+) -> None:
+    topics = Topics.fresh("unanswered", kafka_bootstrap)
+    result = kafka_bench.live(
+        kafka_load,
+        kafka_bootstrap,
+        topics.request,
+        topics.reply,
+        ids,
+        rate=200,
+        duration_s=1,
+        out=tmp_path / "live",
+        drain_s=1,
+    )
+    assert result["sent"] == 200 and result["failed_sends"] == 0
+    assert (result["replied"], result["missing"]) == (0, 200)
+    assert result["latency_ms"] is None
+
+
+def test_a_client_that_cannot_run_fails_the_run(
+    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="kafka-load exited"):
+        kafka_bench.live(
+            kafka_load,
+            kafka_bootstrap,
+            "req-x",
+            "no-such-reply-topic",
+            ids,
+            rate=100,
+            duration_s=1,
+            out=tmp_path / "live",
+        )
