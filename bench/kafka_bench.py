@@ -184,8 +184,14 @@ async def echo(
             )
             sys.stdout.flush()
 
+    # From the start of its (fresh) topic: at the default, latest, requests
+    # sent before a partition's position is first looked up were skipped,
+    # and counted lost by the client.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     consumer.subscribe([request_topic], listener=_Assigned())
     producer = AIOKafkaProducer(

@@ -8,8 +8,10 @@ lost).
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +136,31 @@ def test_a_client_that_cannot_run_fails_the_run(
             duration_s=1,
             out=tmp_path / "live",
         )
+
+
+def test_the_floor_answers_requests_sent_before_it_joined(
+    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
+) -> None:
+    # The echo consumer starts after the first sends: it must read its fresh
+    # topic from the start, or those requests would count as lost.
+    topics = Topics.fresh("late-echo", kafka_bootstrap)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            kafka_bench.live,
+            kafka_load,
+            kafka_bootstrap,
+            topics.request,
+            topics.reply,
+            ids,
+            rate=200,
+            duration_s=3,
+            out=tmp_path / "live",
+            drain_s=60,
+        )
+        time.sleep(1.5)
+        consumer = _start_echo(kafka_bootstrap, topics, tmp_path / "echo.log")
+        try:
+            result = running.result(timeout=180)
+        finally:
+            consumer.terminate()
+    assert (result["sent"], result["replied"], result["missing"]) == (600, 600, 0)
