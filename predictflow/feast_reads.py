@@ -8,12 +8,14 @@ every call). It is used only when the feature service's views never expire
 (ttl 0), so Feast's max-age check has nothing to do; otherwise reads fall
 back to `get_online_features`.
 
-On Redis, the same HMGETs are run through the store's own helpers and the
-values decoded in one pass (`RedisDirectRead`). Those helpers are private to
-Feast, so that read is used only on the Feast version it was checked against
-(`FAST_READ_FEAST_VERSION`, pinned like the dependency); on any other the
-public `online_read` serves (`DirectRead`). Both are pinned to Feast's own
-read by tests comparing them with `get_online_features` on every customer.
+On Redis, `RedisDirectRead` sends the HMGETs Feast would send, packed
+ready on a connection of the store's own redis-py client, and decodes each
+value once. It keeps Feast's layout (the store's private helpers name the
+fields; each key is checked against Feast's own), so it is used only on the
+Feast version it was checked against (`FAST_READ_FEAST_VERSION`, pinned like
+the dependency); on any other the public `online_read` serves
+(`DirectRead`). Both are pinned to Feast's own read by tests comparing them
+with `get_online_features` on every customer.
 """
 
 from __future__ import annotations
@@ -117,25 +119,23 @@ class RedisDirectRead(DirectRead):
 
     The HMGETs of a read go to Redis as one write of ready-made commands on a
     connection of the store's own redis-py client (`_packed_hmget`), as
-    redis-py's pipeline would send them: its packing cost 10 µs of CPU per
-    customer, half of a read (the commit that made the change has the
-    measurement). A cluster client, or Feast's `client: glide`, reads through
-    Feast's `_read_hash_fields` instead.
+    redis-py's pipeline would send them: its packing was half of a read's
+    CPU (the commit that made the change has the measurement). A cluster
+    client, or Feast's `client: glide`, reads through Feast's
+    `_read_hash_fields` instead (`_feast_hmget`).
     """
 
     def __init__(self, store: Any, service: Any) -> None:
         from feast.infra.online_stores.redis import _versioned_fv_name
 
         super().__init__(store, service)
-        #: Decoded scalar of each field value seen (bytes -> value), bounded.
-        self._known: dict[bytes, object] = {}
+        self._known = _KnownValues(self._decode)
         self._key = _key_maker(self._redis_key)
         lookups = metrics.get().memo_lookups
         self._value_counts = (
             lookups.labels("field_value", "hit"),
             lookups.labels("field_value", "miss"),
         )
-        self._decoded = 0
         self._fields = []
         for view, names in self._views:
             _, fields = self._online_store._generate_hset_keys_for_features(
@@ -147,6 +147,8 @@ class RedisDirectRead(DirectRead):
             fields = fields[:-1]
             self._fields.append((names, fields, _hmget_parts(fields)))
         self._client = self._packable_client()
+        #: How the HMGETs of one view are read: packed, or through Feast.
+        self._hmget = self._feast_hmget if self._client is None else self._packed_hmget
 
     @classmethod
     def applies(cls, store: Any, service: Any) -> bool:
@@ -170,23 +172,12 @@ class RedisDirectRead(DirectRead):
         key = self._key
         keys = [key(cid) for cid in customer_ids]
         rows: list[dict[str, object]] = [{} for _ in customer_ids]
-        known = self._known
-        get = known.get
+        # A value seen before is a dict lookup; `_KnownValues` decodes the rest.
+        value = self._known.__getitem__
         for names, fields, packed in self._fields:
-            if self._client is not None:
-                replies = self._packed_hmget(keys, *packed)
-            else:
-                replies = self._online_store._read_hash_fields(
-                    self._config, [(k, fields) for k in keys]
-                )
+            replies = self._hmget(keys, fields, packed)
             for row, values in zip(rows, replies, strict=True):
-                decoded = [get(raw, known) if raw else None for raw in values]
-                if known in decoded:
-                    decoded = [
-                        self._decode(raw) if value is known else value
-                        for raw, value in zip(values, decoded, strict=True)
-                    ]
-                row.update(zip(names, decoded, strict=True))
+                row.update(zip(names, map(value, values), strict=True))
         # An unknown customer: no hash, every field None.
         found = [None if all(v is None for v in r.values()) else r for r in rows]
         self._count(found)
@@ -204,13 +195,25 @@ class RedisDirectRead(DirectRead):
         # A cluster client spreads keys over nodes; only a plain one is packed.
         return client if isinstance(client, redis.Redis) else None
 
-    def _packed_hmget(self, keys: list[bytes], head: bytes, fields: bytes) -> list[Any]:
+    def _feast_hmget(
+        self, keys: list[bytes], fields: list[bytes], _packed: tuple[bytes, bytes]
+    ) -> list[Any]:
+        """One HMGET of `fields` per key, through Feast's `_read_hash_fields`."""
+        replies: list[Any] = self._online_store._read_hash_fields(
+            self._config, [(k, fields) for k in keys]
+        )
+        return replies
+
+    def _packed_hmget(
+        self, keys: list[bytes], _fields: list[bytes], packed: tuple[bytes, bytes]
+    ) -> list[Any]:
         """One HMGET per key, written at once, replies in order (`_hmget_parts`).
 
         As redis-py's pipeline does: a connection from the client's pool, its
         retry policy on connection errors (then the batch is sent again on a
         new connection), and a connection that failed is closed, not reused.
         """
+        head, fields = packed
         command = b"".join(
             [b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, fields) for k in keys]
         )
@@ -237,7 +240,7 @@ class RedisDirectRead(DirectRead):
         # Per batch, not per field: the loop above stays as it was.
         fields = sum(len(names) for names, _, _ in self._fields)
         lookups = fields * sum(row is not None for row in found)
-        misses, self._decoded = self._decoded, 0
+        misses, self._known.misses = self._known.misses, 0
         metrics.count(*self._value_counts, max(lookups - misses, 0), misses)
 
     def _redis_key(self, customer_id: str) -> bytes:
@@ -251,14 +254,33 @@ class RedisDirectRead(DirectRead):
         return key
 
     def _decode(self, raw: bytes) -> object:
-        self._decoded += 1
-        decoded = self._python(self._value.FromString(raw))
-        # Scalars are immutable and most fields take few distinct values
-        # (contract type, payment method, tenure): the same bytes decode once.
+        return self._python(self._value.FromString(raw))
+
+
+class _KnownValues(dict[bytes | None, object]):
+    """The decoded value of each field's bytes seen, at most `_KNOWN_VALUES`.
+
+    Scalars are immutable and most fields take few distinct values (contract
+    type, payment method, tenure): the same bytes decode once. A lookup of
+    bytes not seen decodes them (`__missing__`); no value (a missing field or
+    hash, or an empty `Value`) is None. Full, it starts over.
+    """
+
+    def __init__(self, decode: Callable[[bytes], object]) -> None:
+        super().__init__()
+        self._decode = decode
+        #: Values decoded (not found) since the caller last reset it.
+        self.misses = 0
+
+    def __missing__(self, raw: bytes | None) -> object:
+        if not raw:
+            return None
+        self.misses += 1
+        decoded = self._decode(raw)
         if isinstance(decoded, str | int | float):
-            if len(self._known) >= _KNOWN_VALUES:
-                self._known.clear()
-            self._known[raw] = decoded
+            if len(self) >= _KNOWN_VALUES:
+                self.clear()
+            self[raw] = decoded
         return decoded
 
 
@@ -286,13 +308,16 @@ def _key_maker(feast_key: Callable[[str], bytes]) -> Callable[[str], bytes]:
     """
     probe = feast_key("x")
     at = probe.rfind(_length(1) + b"x")
+    if at < 0:
+        log.warning("event=redis_key_layout_unknown effect=keys_made_by_feast")
+        return feast_key
     prefix, suffix = probe[:at], probe[at + 5 :]
 
     def key(customer_id: str) -> bytes:
         raw = customer_id.encode()
         return b"%s%s%s%s" % (prefix, _length(len(raw)), raw, suffix)
 
-    if at < 0 or any(key(p) != feast_key(p) for p in _KEY_PROBES):
+    if any(key(p) != feast_key(p) for p in _KEY_PROBES):
         log.warning("event=redis_key_layout_unknown effect=keys_made_by_feast")
         return feast_key
     return key

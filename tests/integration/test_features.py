@@ -192,7 +192,7 @@ def test_a_cluster_or_glide_client_reads_through_feast(
     assert direct._packable_client() is None
     monkeypatch.setattr(store, "_client", client)
     # Read as with either: through Feast's `_read_hash_fields`.
-    monkeypatch.setattr(direct, "_client", None)
+    monkeypatch.setattr(direct, "_hmget", direct._feast_hmget)
     direct._known.clear()
     assert features.get(ids) == expected
     assert calls == [50]
