@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,12 @@ func main() {
 	drain := flag.Float64("drain", 30, "seconds to wait for replies after the last send")
 	out := flag.String("out", "", "prefix of the output files")
 	flag.Parse()
+	if os.Getenv("GOMAXPROCS") == "" {
+		// One thread runs Go code at a time: the client's work is light, and
+		// idle threads spinning for work would take CPU from the cores it
+		// shares with what it measures.
+		runtime.GOMAXPROCS(1)
+	}
 	if *bootstrap == "" || *requestTopic == "" || *replyTopic == "" || *idsPath == "" || *out == "" || *rate <= 0 {
 		fmt.Fprintln(os.Stderr, "kafka-load: --bootstrap, --request-topic, --reply-topic, --ids, --out and a positive --rate are required")
 		os.Exit(2)
