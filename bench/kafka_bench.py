@@ -166,6 +166,32 @@ async def watch_completion(
 # -- the floor: an echo consumer, a separate process -------------------------
 
 
+def echo_command(
+    bootstrap: str, request_topic: str, reply_topic: str, group: str
+) -> tuple[str, ...]:
+    """The Python arguments that run `echo` as a process of its own."""
+    return (
+        "-m",
+        "bench.kafka_bench",
+        "echo",
+        *_flags(
+            bootstrap=bootstrap,
+            request_topic=request_topic,
+            reply_topic=reply_topic,
+            group=group,
+        ),
+    )
+
+
+def _flags(**values: object) -> list[str]:
+    """Command-line options: `--name value` for each (underscores as dashes)."""
+    return [
+        part
+        for name, value in values.items()
+        for part in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
 async def echo(
     bootstrap: str, request_topic: str, reply_topic: str, group: str
 ) -> None:
@@ -297,24 +323,17 @@ def live(
     done = subprocess.run(
         [
             kafka_load,
-            "--bootstrap",
-            bootstrap,
-            "--request-topic",
-            request_topic,
-            "--reply-topic",
-            reply_topic,
-            "--ids",
-            str(ids),
-            "--rate",
-            str(rate),
-            "--duration",
-            str(duration_s),
-            "--linger-ms",
-            str(linger_ms),
-            "--drain",
-            str(drain_s),
-            "--out",
-            str(out),
+            *_flags(
+                bootstrap=bootstrap,
+                request_topic=request_topic,
+                reply_topic=reply_topic,
+                ids=ids,
+                rate=rate,
+                duration=duration_s,
+                linger_ms=linger_ms,
+                drain=drain_s,
+                out=out,
+            ),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -686,18 +686,8 @@ def _kafka_floor(
             ConsumerProcess(
                 {**os.environ},
                 tmp / f"echo-{i}.log",
-                command=(
-                    "-m",
-                    "bench.kafka_bench",
-                    "echo",
-                    "--bootstrap",
-                    bootstrap,
-                    "--request-topic",
-                    topics.request,
-                    "--reply-topic",
-                    topics.reply,
-                    "--group",
-                    topics.group,
+                command=kafka_bench.echo_command(
+                    bootstrap, topics.request, topics.reply, topics.group
                 ),
             )
         )

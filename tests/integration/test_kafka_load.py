@@ -12,8 +12,9 @@ import concurrent.futures
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,24 +49,35 @@ def _start_echo(bootstrap: str, topics: Topics, log: Path) -> ConsumerProcess:
     return ConsumerProcess(
         dict(os.environ),
         log,
-        command=(
-            "-m",
-            "bench.kafka_bench",
-            "echo",
-            "--bootstrap",
-            bootstrap,
-            "--request-topic",
-            topics.request,
-            "--reply-topic",
-            topics.reply,
-            "--group",
-            topics.group,
+        command=kafka_bench.echo_command(
+            bootstrap, topics.request, topics.reply, topics.group
         ),
     )
 
 
 def _owns_every_partition(consumer: ConsumerProcess) -> bool:
     return kafka_bench.assignment_complete([consumer.logs()], kafka_bench.PARTITIONS)
+
+
+Load = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def load(kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path) -> Load:
+    """`kafka_bench.live` on the given topics: `load(topics, rate=..., ...)`."""
+
+    def run(topics: Topics, **how: Any) -> dict[str, Any]:
+        return kafka_bench.live(
+            kafka_load,
+            kafka_bootstrap,
+            topics.request,
+            topics.reply,
+            ids,
+            out=tmp_path / "live",
+            **how,
+        )
+
+    return run
 
 
 @pytest.fixture
@@ -80,21 +92,8 @@ def echo(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Topics]:
         consumer.terminate()
 
 
-def test_every_request_answered_once_is_counted_once(
-    kafka_load: str, kafka_bootstrap: str, echo: Topics, ids: Path, tmp_path: Path
-) -> None:
-    result = kafka_bench.live(
-        kafka_load,
-        kafka_bootstrap,
-        echo.request,
-        echo.reply,
-        ids,
-        rate=500,
-        duration_s=2,
-        out=tmp_path / "live",
-        drain_s=30,
-        linger_ms=5,
-    )
+def test_every_request_answered_once_is_counted_once(load: Load, echo: Topics) -> None:
+    result = load(echo, rate=500, duration_s=2, drain_s=30, linger_ms=5)
     assert result["sent"] == 1000
     assert (result["replied"], result["missing"], result["duplicates"]) == (1000, 0, 0)
     assert result["error_replies"] == 0 and result["failed_sends"] == 0
@@ -103,60 +102,29 @@ def test_every_request_answered_once_is_counted_once(
 
 
 def test_requests_nobody_answers_are_counted_lost(
-    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
+    load: Load, kafka_bootstrap: str
 ) -> None:
     topics = Topics.fresh("unanswered", kafka_bootstrap)
-    result = kafka_bench.live(
-        kafka_load,
-        kafka_bootstrap,
-        topics.request,
-        topics.reply,
-        ids,
-        rate=200,
-        duration_s=1,
-        out=tmp_path / "live",
-        drain_s=1,
-    )
+    result = load(topics, rate=200, duration_s=1, drain_s=1)
     assert result["sent"] == 200 and result["failed_sends"] == 0
     assert (result["replied"], result["missing"]) == (0, 200)
     assert result["latency_ms"] is None
 
 
-def test_a_client_that_cannot_run_fails_the_run(
-    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
-) -> None:
+def test_a_client_that_cannot_run_fails_the_run(load: Load) -> None:
+    missing = Topics("req-x", "no-such-reply-topic", "dlq-x", "grp-x")
     with pytest.raises(RuntimeError, match="kafka-load exited"):
-        kafka_bench.live(
-            kafka_load,
-            kafka_bootstrap,
-            "req-x",
-            "no-such-reply-topic",
-            ids,
-            rate=100,
-            duration_s=1,
-            out=tmp_path / "live",
-        )
+        load(missing, rate=100, duration_s=1)
 
 
 def test_the_floor_answers_requests_sent_before_it_joined(
-    kafka_load: str, kafka_bootstrap: str, ids: Path, tmp_path: Path
+    load: Load, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     # The echo consumer starts after the first sends: it must read its fresh
     # topic from the start, or those requests would count as lost.
     topics = Topics.fresh("late-echo", kafka_bootstrap)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            kafka_bench.live,
-            kafka_load,
-            kafka_bootstrap,
-            topics.request,
-            topics.reply,
-            ids,
-            rate=200,
-            duration_s=3,
-            out=tmp_path / "live",
-            drain_s=60,
-        )
+        running = pool.submit(load, topics, rate=200, duration_s=3, drain_s=60)
         time.sleep(1.5)
         consumer = _start_echo(kafka_bootstrap, topics, tmp_path / "echo.log")
         try:
