@@ -15,9 +15,9 @@
 //
 //	PREFIX.sends    one little-endian int64 per request: ns from t0 to its send
 //	                (-1: never handed to the producer)
-//	PREFIX.replies  one line per reply of this run, duplicates included:
-//	                correlation id, ns from t0 to its receipt, 1 if the reply
-//	                carries an error, tab-separated
+//	PREFIX.replies  one line per reply of this run read before it stopped
+//	                (duplicates included): correlation id, ns from t0 to its
+//	                receipt, 1 if the reply carries an error, tab-separated
 //	PREFIX.json     run, rate, sent, failed sends, read errors, CPU, wall time
 package main
 
@@ -114,11 +114,11 @@ func replyEnds(bootstrap, topic string) (map[string]map[int32]kgo.Offset, error)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ends, err := kadm.NewClient(client).ListEndOffsets(ctx, topic)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = ends.Error()
 	}
-	if err := ends.Error(); err != nil {
-		return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("reply topic %s: %w", topic, err)
 	}
 	start := map[string]map[int32]kgo.Offset{topic: {}}
 	ends.Each(func(o kadm.ListedOffset) { start[topic][o.Partition] = kgo.NewOffset().At(o.Offset) })
@@ -158,20 +158,24 @@ func run(bootstrap, requestTopic, replyTopic, idsPath string, rate int, duration
 		kgo.ProducerLinger(time.Duration(lingerMs)*time.Millisecond),
 		kgo.ProducerBatchMaxBytes(256*1024),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
-		// murmur2 of the key, as Java clients (and the bench's librdkafka
-		// client, murmur2_random) place keyed records.
+		// murmur2 of the key, as Java clients (and the runners' replies)
+		// place keyed records.
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 	)
 	if err != nil {
 		return err
 	}
 	defer producer.Close()
-	// The request topic's metadata, before the clock: not in the first latencies.
+	// The request topic must exist: a run against a missing one fails here,
+	// rather than counting every request lost.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	_, err = kadm.NewClient(producer).ListEndOffsets(ctx, requestTopic)
+	requestEnds, err := kadm.NewClient(producer).ListEndOffsets(ctx, requestTopic)
 	cancel()
 	if err != nil {
 		return err
+	}
+	if err := requestEnds.Error(); err != nil {
+		return fmt.Errorf("request topic %s: %w", requestTopic, err)
 	}
 
 	runTag := fmt.Sprintf("%08x", rand.Uint32())
@@ -266,8 +270,15 @@ func run(bootstrap, requestTopic, replyTopic, idsPath string, rate int, duration
 	deadline := time.Now().Add(time.Duration(drain * float64(time.Second)))
 	flushCtx, cancelFlush := context.WithDeadline(context.Background(), deadline)
 	if err := producer.Flush(flushCtx); err != nil {
-		// Not acknowledged in time: each is counted failed by its promise.
-		producer.PurgeTopicsFromClient(requestTopic)
+		// Not acknowledged in time: failed, each counted by its promise
+		// before this returns (the summary reads the count next).
+		abortCtx, cancelAbort := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := producer.AbortBufferedRecords(abortCtx); err != nil {
+			cancelAbort()
+			cancelFlush()
+			return fmt.Errorf("requests not acknowledged within the drain could not be failed: %w", err)
+		}
+		cancelAbort()
 	}
 	cancelFlush()
 	for remaining.Load() > 0 && time.Now().Before(deadline) {
