@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.procs import CpuMeter, MachineMeter, wait_child
-from devtools.gobuild import go_build
+from devtools.gobuild import go_binary, go_build
 
 HERE = Path(__file__).resolve().parent
 TOOLS = HERE / ".tools" / "bin"
@@ -74,8 +74,8 @@ def ensure_tools() -> Tools:
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True)
         wrk = shutil.which("wrk")
         assert wrk is not None  # noqa: S101 - just installed
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).exists():
+    go = go_binary()
+    if go is None:
         raise RuntimeError(
             "there is no Go toolchain to build vegeta and tools/kafka-load: "
             "install Go (https://go.dev/doc/install)"

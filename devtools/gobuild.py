@@ -8,6 +8,12 @@ import subprocess
 from pathlib import Path
 
 
+def go_binary() -> str | None:
+    """The Go toolchain: `go` on PATH, else the official installer's place."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    return go if Path(go).exists() else None
+
+
 def go_build(source: Path, out: Path, *, offline: bool) -> Path:
     """`go build` the module in `source` into `out`; raises with Go's message.
 
@@ -15,7 +21,7 @@ def go_build(source: Path, out: Path, *, offline: bool) -> Path:
     test` fills the cache first), else Go may fetch the module's pinned
     dependencies from the module proxy.
     """
-    go = shutil.which("go")
+    go = go_binary()
     if go is None:
         raise RuntimeError(f"building {source.name} needs Go (https://go.dev/dl)")
     env = dict(os.environ)
