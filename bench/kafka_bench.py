@@ -262,7 +262,8 @@ class ReplyTally:
 
     def __init__(self, run: str, n: int) -> None:
         self.run = run
-        #: Receipt time (time.monotonic()) of each request's first reply.
+        #: Receipt time of each request's first reply (NaN: none), in
+        #: seconds from the run's start.
         self.received = np.full(n, np.nan)
         self.duplicates = 0
         self.errors = 0
@@ -314,11 +315,11 @@ def live(
 
     The client is `tools/kafka-load` (Go, franz-go), compiled because it
     shares the 2 cores with what it measures: the librdkafka client it
-    replaced took much more CPU, every core-second of it taken from the
-    runners (bench/README.md has the measurements). It sends
-    on an open-loop schedule and writes what happened; the counting is
-    `account`'s. `out` is the prefix of its files. A client that fails
-    (no broker, a bad topic) raises: the section shows as not met.
+    replaced took much more CPU at the live rates, every core-second of it
+    taken from the runners (bench/README.md has the measurements). It
+    sends on an open-loop schedule and writes what happened; the counting
+    is `account`'s. `out` is the prefix of its files. A client that fails
+    (no broker, a missing topic) raises: the section shows as not met.
     """
     done = subprocess.run(
         [
