@@ -28,6 +28,11 @@ class Topics:
             request_topic=topics.request, reply_topic=topics.reply, dlq_topic=topics.dlq
         )
         asyncio.run(ensure_topics(settings, bootstrap))
+        asyncio.run(
+            _wait_servable(
+                bootstrap, [topics.request, topics.reply], settings.request_partitions
+            )
+        )
         return topics
 
     def env(self, bootstrap: str) -> dict[str, str]:
@@ -42,3 +47,27 @@ class Topics:
             "PREDICTFLOW_KAFKA__TRANSACTIONAL_ID": f"txn-{self.group}",
             "PREDICTFLOW_KAFKA__METRICS_PORT": "0",
         }
+
+
+async def _wait_servable(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Until the broker answers offset requests on every partition of `names`.
+
+    A topic just created can be unknown to its partitions' leader for a
+    moment: a client that lists its offsets then is told it does not exist.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    parts = [TopicPartition(name, p) for name in names for p in range(partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await consumer.end_offsets(parts)
+                    return
+                except KafkaError:
+                    await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
