@@ -608,13 +608,16 @@ def _past_committed(ids: set[str], sent: Sent, committed: dict[int, int]) -> str
 
 
 async def _stop_inside_a_transaction(
-    runner: ConsumerProcess, watch: ReplyWatch
+    runner: ConsumerProcess, watch: ReplyWatch, stream: Stream, ceiling: int
 ) -> dict[int, int]:
     """SIGSTOP the runner at a moment it has replies written in an open transaction.
 
     Returns the undecided records per reply partition. That window is a few
     milliseconds of each poll, so a stop that lands outside it is undone and
-    tried again after a varying run.
+    tried again after a varying run. Only a runner with requests to answer
+    opens transactions: the stream is let on about a second past what it has
+    published at each try, up to `ceiling`, however slow the runner's start
+    or the tries.
     """
     for i in range(300):
         runner.pause()
@@ -622,9 +625,15 @@ async def _stop_inside_a_transaction(
         await asyncio.sleep(0.05)
         if open_records := await watch.undecided():
             return open_records
+        stream.allow(
+            min(max(stream.limit, stream.published + int(stream.rate)), ceiling)
+        )
         runner.resume()
         await asyncio.sleep(0.02 + (i * 0.037) % 0.3)
-    raise AssertionError("the runner was never caught inside a transaction")
+    raise AssertionError(
+        f"the runner was never caught inside a transaction "
+        f"({stream.published} of {ceiling} requests published)"
+    )
 
 
 @dataclass
@@ -665,7 +674,7 @@ class Zombie:
 def _zombie(group: Consumers, bootstrap: str, topics: Topics, successor: str) -> Zombie:
     """Runner a (exactly-once) is SIGSTOPped inside a transaction, mid-stream,
     for longer than the group session; `successor` takes over; a is resumed."""
-    total, rate = 6_000, 400
+    total, rate = 8_000, 400
 
     async def scenario() -> Zombie:
         a = group.start("a")
@@ -673,11 +682,13 @@ def _zombie(group: Consumers, bootstrap: str, topics: Topics, successor: str) ->
             ReplyWatch(bootstrap, topics.reply, read_committed=True) as watch,
             Stream(bootstrap, topics.request, _ids(total), rate) as stream,
         ):
-            # The second half waits for a's wake-up: requests keep coming
+            # The last quarter waits for a's wake-up: requests keep coming
             # to whichever partitions a takes back when it rejoins.
-            stream.allow(total // 2)
+            stream.allow(total // 4)
             await watch.wait_answered(total // 5)
-            open_records = await _stop_inside_a_transaction(a, watch)
+            open_records = await _stop_inside_a_transaction(
+                a, watch, stream, ceiling=total - total // 4
+            )
             stopped = time.monotonic()
             stop = Fault(
                 "a stopped",
