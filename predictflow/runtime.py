@@ -51,22 +51,47 @@ def _unchecked(target: Any = None, **_: Any) -> Any:
     return target
 
 
+def hold_collections() -> None:
+    """No garbage collection from now until `settle_heap`: start-up allocates.
+
+    Importing Feast, pandas and XGBoost and loading the model allocates some
+    200,000 objects that live as long as the process. On the way the
+    collector ran 4 full collections over them that freed almost nothing:
+    0.2 s of each worker's start (bench/README.md). A process that holds
+    collections must settle its heap, or give up (`release_collections`).
+    """
+    global _held
+    if gc.isenabled():
+        gc.disable()
+        _held = True
+
+
+def release_collections() -> None:
+    """Turn collection back on if `hold_collections` turned it off."""
+    global _held
+    if _held:
+        _held = False
+        gc.enable()
+
+
 def settle_heap() -> None:
-    """Collect once and freeze what start-up left; time every collection after.
+    """Freeze what start-up left, collect again; time every collection after.
 
     A worker imports Feast, pandas, pyarrow, BentoML: hundreds of thousands of
     objects that live as long as the process. A full collection walks all of
     them: pauses of hundreds of milliseconds under load. `gc.freeze()` moves
     them to the permanent generation, which collections skip, so a full
-    collection walks only what was allocated since start-up.
+    collection walks only what was allocated since start-up. Start-up's
+    garbage is frozen with them rather than collected first: a few hundred
+    unreachable objects, not worth a full collection (85 ms a worker).
 
     The collection thresholds stay CPython's: a larger young generation made
     each young collection several times longer for the same total, which is
     worse for the tail (bench/README.md). `predictflow_gc_pause_seconds`
     shows the pauses.
     """
-    gc.collect()
     gc.freeze()
+    release_collections()
     global _flusher
     # Every generation's series exists from the start, so a scrape does not
     # sprout new ones the first time an older generation is collected.
@@ -100,6 +125,8 @@ def resettle_heap() -> None:
 
 
 _started = 0.0
+#: Whether `hold_collections` turned collection off (`settle_heap` turns it on).
+_held = False
 #: Pauses timed by the GC callback, waiting for `flush_gc_pauses` (bounded).
 _pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
 _flusher: threading.Thread | None = None

@@ -52,7 +52,7 @@ class ScoringCore:
 
     @staticmethod
     def settle() -> None:
-        """Freeze start-up's objects out of the collector's way.
+        """Freeze start-up's objects out of the collector's way, and collect again.
 
         Call once everything the process keeps is loaded (after a Kafka
         runner is created, too): see `runtime.settle_heap`.
@@ -66,16 +66,22 @@ def build_core(
     """Load the model (`model_ref`, else `serving.model_tag`) and open the features.
 
     Trims start-up imports first (`runtime.lean_imports`), and publishes the
-    model version on `predictflow_model_info`.
+    model version on `predictflow_model_info`. Garbage collection is held
+    from here until the caller settles the core (`ScoringCore.settle`).
     """
     runtime.lean_imports()
-    if model_ref is None:
-        import bentoml
+    runtime.hold_collections()
+    try:
+        if model_ref is None:
+            import bentoml
 
-        model_ref = bentoml.models.get(settings.serving.model_tag)
-    model = ChurnModel.from_mlflow_dir(
-        Path(model_ref.path_of("mlflow_model")), str(model_ref.tag)
-    )
-    features = OnlineFeatures.open(settings.feast)
+            model_ref = bentoml.models.get(settings.serving.model_tag)
+        model = ChurnModel.from_mlflow_dir(
+            Path(model_ref.path_of("mlflow_model")), str(model_ref.tag)
+        )
+        features = OnlineFeatures.open(settings.feast)
+    except BaseException:
+        runtime.release_collections()
+        raise
     metrics.get().model_info.labels(model.version).set(1)
     return ScoringCore(model, features, Scorer(features, model))

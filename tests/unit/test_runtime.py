@@ -61,6 +61,59 @@ def test_settle_heap_freezes_and_times_collections() -> None:
             gc.callbacks.remove(runtime._observe_pause)
 
 
+def test_start_up_runs_no_collection_until_the_heap_is_settled() -> None:
+    # Start-up's imports ran 4 full collections over objects that all live
+    # on (0.2 s of a worker's start). A fresh process: GC state is global.
+    code = textwrap.dedent(
+        """
+        import gc
+        from predictflow import runtime
+        started = []
+        gc.callbacks.append(
+            lambda phase, info: started.append(info) if phase == "start" else None
+        )
+        runtime.hold_collections()
+        kept = [[] for _ in range(200_000)]
+        for cell in kept:
+            cell.append(cell)
+        during = len(started)
+        runtime.settle_heap()
+        print(during, gc.isenabled(), gc.get_freeze_count() >= 200_000)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "True", "True"]
+
+
+def test_a_failed_build_turns_collection_back_on() -> None:
+    code = textwrap.dedent(
+        """
+        import gc
+        from predictflow.serving import build_core
+        from predictflow.settings import Settings
+
+        class Missing:
+            tag = "churn-predictor:missing"
+
+            def path_of(self, item):
+                raise FileNotFoundError(item)
+
+        try:
+            build_core(Settings(), Missing())
+        except FileNotFoundError:
+            print(gc.isenabled())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 def test_every_generation_has_its_series_before_its_first_pause() -> None:
     # A scrape must not sprout series when an older generation is first
     # collected (that grew /metrics under random paths, seen in CI). A fresh
